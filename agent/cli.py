@@ -1,0 +1,203 @@
+"""The `opsagent` command: parse arguments, call one function per verb, print, exit.
+
+Exit codes: 0 success and no drift left; 1 internal error; 2 invalid input; 3 drift found
+(plan, apply --check); 4 a resource failed to converge. Heavy modules are imported inside
+the verbs, so `--version` and `validate` start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import socket
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from agent import __version__
+
+EXIT_OK, EXIT_INTERNAL, EXIT_INPUT, EXIT_DRIFT, EXIT_FAILED = 0, 1, 2, 3, 4
+PLAYBOOK_SUFFIXES = (".yaml", ".yml")
+
+
+class UsageError(Exception):
+    """Bad command-line arguments (exit 2)."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "verb", None):
+        parser.print_help()
+        return EXIT_INPUT
+    from agent.errors import InputError
+
+    try:
+        code: int = args.func(args)
+        return code
+    except InputError as e:
+        for d in e.diagnostics:
+            print(d.format(), file=sys.stderr)
+        n = len(e.diagnostics)
+        print(f"{n} error{'s' if n != 1 else ''}; nothing was changed", file=sys.stderr)
+        return EXIT_INPUT
+    except UsageError as e:
+        print(f"opsagent: {e}", file=sys.stderr)
+        return EXIT_INPUT
+    except KeyboardInterrupt:
+        print("opsagent: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="opsagent", description="Keep hosts at the state their playbooks declare.")
+    p.add_argument("--version", action="version", version=f"opsagent {__version__}")
+    sub = p.add_subparsers(dest="verb", metavar="COMMAND")
+
+    v = sub.add_parser("validate", help="check playbooks (schema and semantics); change nothing")
+    v.add_argument("paths", nargs="+", metavar="PATH", help="playbook files or directories")
+    v.add_argument("-e", "--extra-vars", action="append", default=[], metavar="K=V")
+    v.add_argument("--json", action="store_true", help="print diagnostics as JSON")
+    v.set_defaults(func=cmd_validate)
+
+    for name, helptext in (("plan", "observe and show drift; change nothing"),
+                           ("apply", "reconcile the host to the playbooks")):
+        s = sub.add_parser(name, help=helptext)
+        s.add_argument("playbooks", nargs="+", metavar="PLAYBOOK")
+        s.add_argument("-e", "--extra-vars", action="append", default=[], metavar="K=V",
+                       help="set a variable (k=v, a JSON object, or @file.yaml); repeatable")
+        s.add_argument("--diff", action="store_true", help="show content differences")
+        s.add_argument("--json", action="store_true", help="print the report document(s)")
+        s.add_argument("-v", "--verbose", action="store_true", help="also list ok resources")
+        s.add_argument("--host", default=None, help="host name in reports (default: hostname)")
+        s.add_argument("--state-dir", default=None, help="agent state (default /var/lib/opsagent)")
+        if name == "apply":
+            s.add_argument("-C", "--check", action="store_true",
+                           help="dry run: show what would change, change nothing")
+        s.set_defaults(func=cmd_run, mode=name)
+    return p
+
+
+def parse_extra_vars(items: Sequence[str]) -> dict[str, Any]:
+    """-e k=v [k2=v2], -e '{"k": 1}', -e @vars.yaml (as ansible-playbook takes them)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        text = item.strip()
+        if text.startswith("@"):
+            from agent.playbook.loader import load
+
+            doc = load(text[1:])
+            if not isinstance(doc.data, dict):
+                raise UsageError(f"-e {item}: the file must hold a mapping of variables")
+            out.update(doc.data)
+        elif text.startswith("{"):
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise UsageError(f"-e {item!r}: invalid JSON: {e.msg}") from None
+            if not isinstance(data, dict):
+                raise UsageError(f"-e {item!r}: expected a JSON object")
+            out.update(data)
+        else:
+            for pair in text.split():
+                key, sep, value = pair.partition("=")
+                if not sep or not key.isidentifier():
+                    raise UsageError(f"-e {pair!r}: expected NAME=VALUE")
+                out[key] = value
+    return out
+
+
+def _expand(paths: Sequence[str]) -> list[str]:
+    files: list[str] = []
+    for path in paths:
+        if os.path.isdir(path):
+            for root, dirs, names in os.walk(path):
+                dirs.sort()
+                files.extend(os.path.join(root, n) for n in sorted(names)
+                             if n.endswith(PLAYBOOK_SUFFIXES))
+        else:
+            files.append(path)
+    return files
+
+
+def _load_all(paths: Sequence[str], extra: dict[str, Any]) -> list[Any]:
+    """Load every playbook first; report the errors of all of them together."""
+    from agent.errors import InputError
+    from agent.playbook import load_playbook
+
+    loaded, errors = [], []
+    for path in _expand(paths):
+        try:
+            loaded.append(load_playbook(path, extra))
+        except InputError as e:
+            errors.extend(e.diagnostics)
+    if errors:
+        raise InputError(errors)
+    return loaded
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from agent.errors import InputError
+
+    files = _expand(args.paths)
+    if not files:
+        raise UsageError("no playbooks found under " + ", ".join(args.paths))
+    try:
+        _load_all(files, parse_extra_vars(args.extra_vars))
+    except InputError as e:
+        if args.json:
+            print(json.dumps([dataclasses.asdict(d) for d in e.diagnostics], indent=2))
+            return EXIT_INPUT
+        raise
+    if args.json:
+        print("[]")
+    else:
+        print(f"{len(files)} playbook{'s' if len(files) != 1 else ''} valid")
+    return EXIT_OK
+
+
+def _state_dir(arg: str | None) -> str:
+    if arg:
+        return arg
+    if env := os.environ.get("OPSAGENT_STATE_DIR"):
+        return env
+    if os.geteuid() == 0:
+        return "/var/lib/opsagent"
+    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return os.path.join(base, "opsagent")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    loaded = _load_all(args.playbooks, parse_extra_vars(args.extra_vars))
+    mode = "check" if getattr(args, "check", False) else args.mode
+    host = args.host or socket.gethostname()
+    from agent.console import Console
+    from agent.engine import report_of, run_playbook
+    from agent.providers.base import ProviderContext
+
+    console = Console(verbose=args.verbose, show_diff=args.diff)
+    failed = drift = False
+    for pb in loaded:
+        ctx = ProviderContext(host=host, variables=pb.variables,
+                              base_dir=os.path.dirname(pb.path), state_dir=_state_dir(args.state_dir))
+        run = run_playbook(pb, mode, ctx)
+        failed |= run.count("failed") > 0
+        drift |= run.drift
+        if args.json:
+            print(report_of(run, __version__).model_dump_json())
+        else:
+            console.run(run)
+    if failed:
+        return EXIT_FAILED
+    if drift and mode != "apply":
+        return EXIT_DRIFT
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

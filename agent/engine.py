@@ -1,0 +1,254 @@
+"""The engine: for each resource observe → diff → apply → observe again, with timeouts.
+
+The engine alone decides whether ``apply`` runs (plan and check never call it). Every
+provider call runs on a worker thread with a deadline: a hung call is abandoned and its
+resource marked failed, and the run goes on with a fresh worker. A provider that raises
+fails its own resource and nothing else. Handlers (``notify:``) run after every resource,
+once each, in the order the notified resources are declared, as Ansible runs them.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+from agent.errors import OpsAgentError, ProviderError, ProviderTimeout
+from agent.playbook import LoadedPlaybook
+from agent.playbook.models import OBSERVED_KINDS, RESOURCE_KINDS
+from agent.providers import PENDING, load
+from agent.providers.base import RESTART, Change, Outcome, Provider, ProviderContext
+
+Mode = Literal["plan", "check", "apply"]
+Status = Literal["ok", "changed", "failed", "skipped"]
+T = TypeVar("T")
+
+OBSERVE_TIMEOUT = 30.0
+APPLY_TIMEOUT = 120.0
+log = logging.getLogger("opsagent.engine")
+
+
+@dataclass
+class ResourceResult:
+    kind: str
+    name: str
+    status: Status
+    message: str
+    changes: list[Change] = field(default_factory=list)
+    outcomes: list[Outcome] = field(default_factory=list)
+    duration_s: float = 0.0
+
+    @property
+    def ref(self) -> str:
+        return f"{self.kind}:{self.name}"
+
+
+@dataclass
+class RunResult:
+    playbook: LoadedPlaybook
+    host: str
+    mode: Mode
+    started: float
+    finished: float = 0.0
+    results: list[ResourceResult] = field(default_factory=list)
+
+    def count(self, status: Status) -> int:
+        return sum(1 for r in self.results if r.status == status)
+
+    @property
+    def drift(self) -> bool:
+        return any(r.status == "changed" for r in self.results)
+
+
+class _Worker:
+    """A daemon thread running one call at a time; abandoned (never joined) when stuck."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], dict[str, Any],
+                                            threading.Event]] = queue.SimpleQueue()
+        self.stuck = False
+        threading.Thread(target=self._loop, daemon=True, name="opsagent-provider").start()
+
+    def _loop(self) -> None:
+        while True:
+            fn, box, done = self._jobs.get()
+            try:
+                box["value"] = fn()
+            except BaseException as e:  # handed to the caller, which decides
+                box["error"] = e
+            done.set()
+
+    def call(self, fn: Callable[[], T], timeout: float) -> T:
+        box: dict[str, Any] = {}
+        done = threading.Event()
+        self._jobs.put((fn, box, done))
+        if not done.wait(timeout):
+            self.stuck = True
+            raise ProviderTimeout(f"did not finish within {timeout:g}s")
+        if "error" in box:
+            raise box["error"]
+        return box["value"]  # type: ignore[no-any-return]
+
+
+class Engine:
+    def __init__(self, ctx: ProviderContext) -> None:
+        self.ctx = ctx
+        self._worker = _Worker()
+
+    def _call(self, fn: Callable[[], T], timeout: float) -> T:
+        if self._worker.stuck:
+            self._worker = _Worker()
+        return self._worker.call(fn, timeout)
+
+    def run(self, loaded: LoadedPlaybook, mode: Mode) -> RunResult:
+        run = RunResult(loaded, self.ctx.host, mode, time.time())
+        pb = loaded.model
+        notified: dict[str, list[str]] = {}
+        for kind in RESOURCE_KINDS:
+            provider = load(kind)
+            for spec in getattr(pb, kind):
+                result = self._reconcile(kind, spec, provider, mode)
+                run.results.append(result)
+                if result.status == "changed":
+                    for ref in spec.notify or []:
+                        notified.setdefault(ref, []).append(result.ref)
+        for kind in OBSERVED_KINDS:
+            for spec in getattr(pb, kind):
+                run.results.append(ResourceResult(kind, spec.name, "skipped", PENDING[kind]))
+        self._run_handlers(run, notified)
+        run.finished = time.time()
+        return run
+
+    def _reconcile(self, kind: str, spec: Any, provider: Provider | None,
+                   mode: Mode) -> ResourceResult:
+        t0 = time.monotonic()
+        result = ResourceResult(kind, spec.name, "ok", "")
+        try:
+            self._reconcile_into(result, spec, provider, mode)
+        except ProviderError as e:
+            result.status, result.message = "failed", str(e)
+        except OpsAgentError as e:
+            result.status, result.message = "failed", str(e)
+        except Exception as e:  # a provider bug must not take down the run
+            log.error("provider crash on %s:%s\n%s", kind, spec.name, traceback.format_exc())
+            result.status = "failed"
+            result.message = f"internal error in the {kind} provider: {type(e).__name__}: {e}"
+        result.duration_s = time.monotonic() - t0
+        return result
+
+    def _reconcile_into(self, result: ResourceResult, spec: Any, provider: Provider | None,
+                        mode: Mode) -> None:
+        if provider is None:
+            result.status, result.message = "skipped", PENDING.get(result.kind, "no provider")
+            return
+        reason = provider.supports(self.ctx)
+        if reason:
+            result.status, result.message = "skipped", reason
+            return
+        observe_timeout = spec.timeout or OBSERVE_TIMEOUT
+        observed = self._call(lambda: provider.observe(spec, self.ctx), observe_timeout)
+        changes = provider.diff(spec, observed)
+        if not changes:
+            result.message = provider.describe(spec, observed)
+            return
+        result.status, result.changes = "changed", changes
+        if mode != "apply":
+            result.message = "would change " + ", ".join(c.field for c in changes)
+            return
+        self._apply_and_verify(result, spec, provider, changes)
+
+    def _apply_and_verify(self, result: ResourceResult, spec: Any, provider: Provider,
+                          changes: list[Change]) -> None:
+        apply_timeout = spec.timeout or APPLY_TIMEOUT
+        outcomes = self._call(lambda: provider.apply(spec, changes, self.ctx), apply_timeout)
+        result.outcomes.extend(outcomes)
+        failed = [o for o in outcomes if not o.ok]
+        if failed:
+            result.status = "failed"
+            result.message = "; ".join(o.message for o in failed)
+            return
+        observed = self._call(lambda: provider.observe(spec, self.ctx),
+                              spec.timeout or OBSERVE_TIMEOUT)
+        left = [c for c in provider.diff(spec, observed) if c.field != RESTART]
+        if left:
+            result.status = "failed"
+            result.message = "still differs after apply: " + "; ".join(
+                f"{c.field} ({c.reason})" for c in left)
+            return
+        result.message = "changed " + ", ".join(dict.fromkeys(c.field for c in changes)) + \
+            "; now " + provider.describe(spec, observed)
+
+    def _run_handlers(self, run: RunResult, notified: dict[str, list[str]]) -> None:
+        if not notified:
+            return
+        by_ref = {r.ref: r for r in run.results}
+        pb = run.playbook.model
+        for kind in RESOURCE_KINDS:
+            for spec in getattr(pb, kind):
+                ref = f"{kind}:{spec.name}"
+                if ref not in notified:
+                    continue
+                result = by_ref[ref]
+                if result.status in ("failed", "skipped"):
+                    continue
+                change = Change(RESTART, None, "restarted",
+                                "notified by " + ", ".join(notified[ref]))
+                t0 = time.monotonic()
+                result.status = "changed"
+                result.changes = [*result.changes, change]
+                if run.mode != "apply":
+                    result.message = "would change " + ", ".join(c.field for c in result.changes)
+                    continue
+                provider = load(kind)
+                assert provider is not None
+                try:
+                    self._apply_and_verify(result, spec, provider, [change])
+                except OpsAgentError as e:
+                    result.status, result.message = "failed", f"handler: {e}"
+                except Exception as e:
+                    log.error("handler crash on %s\n%s", ref, traceback.format_exc())
+                    result.status = "failed"
+                    result.message = f"internal error in the {kind} handler: {e}"
+                result.duration_s += time.monotonic() - t0
+
+
+def run_playbook(loaded: LoadedPlaybook, mode: Mode, ctx: ProviderContext) -> RunResult:
+    return Engine(ctx).run(loaded, mode)
+
+
+def report_of(run: RunResult, agent_version: str) -> Any:
+    """The report document (agent.report.document.Report) of a run."""
+    from agent.report.document import (
+        ChangeDoc,
+        OutcomeDoc,
+        PlaybookRef,
+        Report,
+        ResultDoc,
+        Summary,
+        utc_iso,
+    )
+
+    results = [
+        ResultDoc(kind=r.kind, name=r.name, status=r.status, message=r.message,
+                  changes=[ChangeDoc(field=c.field, before=c.before, after=c.after,
+                                     reason=c.reason) for c in r.changes],
+                  outcomes=[OutcomeDoc(action=o.action, ok=o.ok, message=o.message)
+                            for o in r.outcomes],
+                  duration_s=round(r.duration_s, 6))
+        for r in run.results
+    ]
+    return Report(
+        host=run.host, mode=run.mode,
+        playbook=PlaybookRef(name=run.playbook.model.name, path=run.playbook.path,
+                             revision=run.playbook.revision),
+        started_at=utc_iso(run.started), finished_at=utc_iso(run.finished),
+        duration_s=round(run.finished - run.started, 6), agent_version=agent_version,
+        summary=Summary(ok=run.count("ok"), changed=run.count("changed"),
+                        failed=run.count("failed"), skipped=run.count("skipped")),
+        results=results,
+    )

@@ -1,0 +1,135 @@
+"""`thresholds:` and `watches:` — conditions that fire actions (engine arrives later).
+
+Actions are templated when they fire, with the watch's named groups (e.g. ``{{ ip }}``) or
+the threshold's ``value``/``metric``; their variables are checked when the playbook loads.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from agent.playbook.models.base import Spec
+from agent.playbook.types import Duration
+
+ACTIONS = ("notify", "block_ip", "restart", "run", "snapshot")
+
+
+class BlockIp(Spec):
+    ip: str = Field(examples=["{{ ip }}"])
+    duration: Duration = Field(3600.0, examples=["1h"])
+
+
+class Run(Spec):
+    argv: list[str] = Field(min_length=1, examples=[["/usr/local/bin/rotate-keys", "{{ ip }}"]])
+    timeout: Duration = Field(60.0, examples=["60s"])
+
+
+class Snapshot(Spec):
+    lines: int = Field(50, ge=0, description="Matching lines kept as evidence.")
+    sockets: bool = True
+    processes: bool = True
+
+
+class Action(Spec):
+    """Exactly one action: notify, block_ip, restart, run or snapshot."""
+
+    notify: str | None = Field(None, description="A notifier's name.", examples=["ops"])
+    block_ip: BlockIp | None = None
+    restart: str | None = Field(None, description="KIND:NAME of the resource to restart.",
+                                examples=["containers:rezapp-api"])
+    run: Run | None = None
+    snapshot: Snapshot | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> Action:
+        given = [a for a in ACTIONS if a in self.model_fields_set]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one action: {', '.join(ACTIONS)}")
+        return self
+
+
+class ThresholdSpec(Spec):
+    """A metric compared with a limit, held for a while before it fires."""
+
+    name: str = Field(min_length=1, examples=["disk-root"])
+    metric: str = Field(pattern=r"^[a-z_]+(\.[A-Za-z0-9_-]+)+$",
+                        examples=["disk.used_percent", "check.api-health.latency_ms"])
+    path: str | None = Field(None, description="Mount point for disk metrics.", examples=["/"])
+    above: float | None = None
+    below: float | None = None
+    clear_above: float | None = Field(None, description="Hysteresis: resolves only above this.")
+    clear_below: float | None = Field(None, description="Hysteresis: resolves only below this.")
+    hold: Duration = Field(0.0, alias="for", description="How long the condition must hold.",
+                           examples=["5m"])
+    severity: Literal["info", "warning", "critical"] = "warning"
+    labels: dict[str, str] | None = None
+    actions: list[Action] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _limits(self) -> ThresholdSpec:
+        if (self.above is None) == (self.below is None):
+            raise ValueError("give exactly one of above, below")
+        return self
+
+
+class Fail2banPattern(Spec):
+    fail2ban_filter: str = Field(examples=["/etc/fail2ban/filter.d/sshd.conf"])
+
+
+class WatchSpec(Spec):
+    """A log source, a pattern, and what to do when it matches often enough."""
+
+    name: str = Field(min_length=1, examples=["ssh-bruteforce"])
+    log: str | None = Field(None, description="Log file followed across rotation.",
+                            examples=["/var/log/auth.log"])
+    journal: str | None = Field(None, description="systemd unit whose journal is read.")
+    container: str | None = Field(None, description="Docker container whose logs are read.")
+    pattern: str | Fail2banPattern = Field(
+        description="Regex with named groups, or a stock fail2ban filter.",
+        examples=[r"Failed password for .* from (?P<ip>\S+)"])
+    ignore: list[str] | None = Field(None, description="Lines matching any of these are skipped.")
+    key: str | None = Field(None, description="Named group counted separately.", examples=["ip"])
+    threshold: int = Field(1, ge=1, description="Matches per key within the window that fire.")
+    within: Duration = Field(3600.0, examples=["1h"])
+    actions: list[Action] = Field(default_factory=list)
+
+    @field_validator("pattern")
+    @classmethod
+    def _regex(cls, v: str | Fail2banPattern) -> str | Fail2banPattern:
+        if isinstance(v, str):
+            try:
+                re.compile(v)
+            except re.error as e:
+                raise ValueError(f"invalid regex: {e}") from None
+        return v
+
+    @field_validator("ignore")
+    @classmethod
+    def _ignore(cls, v: list[str] | None) -> list[str] | None:
+        for p in v or []:
+            try:
+                re.compile(p)
+            except re.error as e:
+                raise ValueError(f"invalid regex {p!r}: {e}") from None
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> WatchSpec:
+        sources = [s for s in ("log", "journal", "container") if getattr(self, s)]
+        if len(sources) != 1:
+            raise ValueError("give exactly one source: log, journal, container")
+        if self.key and isinstance(self.pattern, str):
+            groups = re.compile(self.pattern).groupindex
+            if self.key not in groups:
+                have = ", ".join(groups) or "none"
+                raise ValueError(f"key {self.key!r} is not a named group of pattern "
+                                 f"(named groups: {have}; write (?P<{self.key}>...))")
+        return self
+
+    def group_names(self) -> set[str]:
+        if isinstance(self.pattern, str):
+            return set(re.compile(self.pattern).groupindex)
+        return {"ip", "host"}  # fail2ban's <HOST> / <ADDR> become these

@@ -1,0 +1,1 @@
+"""Report documents: what a run found and did, in the shape schemas/report.schema.json fixes."""
