@@ -79,7 +79,7 @@ def parse_cron(value: Any) -> str:
     fields = text.split()
     if not text.startswith("@") and len(fields) != 5:
         raise ValueError(
-            f"{value!r} has {len(fields)} fields (expected five: minute hour day month weekday)"
+            f"{value!r} has {len(fields)} fields (expected 5 fields: minute hour day month weekday)"
         )
     if not croniter.is_valid(text):
         raise ValueError(f"{value!r} is not a valid cron expression (expected e.g. \"0 2 * * *\")")
