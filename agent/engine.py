@@ -194,8 +194,8 @@ class Engine:
                 if ref not in notified:
                     continue
                 result = by_ref[ref]
-                if result.status in ("failed", "skipped"):
-                    continue
+                if result.status in ("failed", "skipped") or _started(result):
+                    continue  # a resource started in this run already runs the new config
                 change = Change(RESTART, None, "restarted",
                                 "notified by " + ", ".join(notified[ref]))
                 t0 = time.monotonic()
@@ -215,6 +215,10 @@ class Engine:
                     result.status = "failed"
                     result.message = f"internal error in the {kind} handler: {e}"
                 result.duration_s += time.monotonic() - t0
+
+
+def _started(result: ResourceResult) -> bool:
+    return any(c.field == "state" and c.after == "running" for c in result.changes)
 
 
 def run_playbook(loaded: LoadedPlaybook, mode: Mode, ctx: ProviderContext) -> RunResult:

@@ -1,0 +1,25 @@
+# Sourced by the scripts here: makes sure .venv exists with opsagent installed.
+# Uses Debian's /usr/bin/python3 when present (readable by every user, so tests can also
+# run the agent as an unprivileged user); installs python3-venv with apt-get if needed.
+# $1: the pip extra to install ("" or "dev").
+opsagent_venv() {
+    local extra="${1:-}" py=python3
+    [ -x /usr/bin/python3 ] && py=/usr/bin/python3
+    if ! "$py" -c 'import ensurepip, venv' 2>/dev/null; then
+        if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+            apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv
+        else
+            echo "python3-venv is missing: run apt-get install python3-venv as root" >&2
+            return 1
+        fi
+    fi
+    if [ ! -x .venv/bin/python ]; then
+        "$py" -m venv .venv
+        .venv/bin/pip install -q --upgrade pip
+    fi
+    local target="."
+    [ -n "$extra" ] && target=".[$extra]"
+    .venv/bin/pip install -q --disable-pip-version-check -e "$target" 2>&1 \
+        | grep -v -e '^WARNING: Location' -e '^\s*$' >&2 || true
+    .venv/bin/python -c 'import agent' || { echo "installing opsagent into .venv failed" >&2; return 1; }
+}
