@@ -14,7 +14,10 @@ import os
 import socket
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from agent.engine import Mode
 
 from agent import __version__
 
@@ -174,7 +177,7 @@ def _state_dir(arg: str | None) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     loaded = _load_all(args.playbooks, parse_extra_vars(args.extra_vars))
-    mode = "check" if getattr(args, "check", False) else args.mode
+    mode: Mode = "check" if getattr(args, "check", False) else args.mode
     host = args.host or socket.gethostname()
     from agent.console import Console
     from agent.engine import report_of, run_playbook
@@ -183,8 +186,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     console = Console(verbose=args.verbose, show_diff=args.diff)
     failed = drift = False
     for pb in loaded:
-        ctx = ProviderContext(host=host, variables=pb.variables,
-                              base_dir=os.path.dirname(pb.path), state_dir=_state_dir(args.state_dir))
+        ctx = ProviderContext(host=host, variables=pb.variables, base_dir=os.path.dirname(pb.path),
+                              state_dir=_state_dir(args.state_dir))
         run = run_playbook(pb, mode, ctx)
         failed |= run.count("failed") > 0
         drift |= run.drift

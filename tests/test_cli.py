@@ -43,7 +43,7 @@ def snapshot(root):
         for name in dirs + files:
             p = os.path.join(dirpath, name)
             st = os.lstat(p)
-            content = open(p, "rb").read() if stat.S_ISREG(st.st_mode) else None
+            content = pathlib.Path(p).read_bytes() if stat.S_ISREG(st.st_mode) else None
             out[os.path.relpath(p, root)] = (stat.S_IMODE(st.st_mode), st.st_mtime_ns, content)
     return out
 

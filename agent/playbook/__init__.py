@@ -115,10 +115,9 @@ def _data_path(data: Any, loc: tuple[Any, ...], *, missing: bool) -> Path:
     path: list[str | int] = []
     node = data
     for part in loc:
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-            path.append(part)
-        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+        present = (part in node) if isinstance(node, dict) else (
+            isinstance(node, list) and isinstance(part, int) and part < len(node))
+        if present:
             node = node[part]
             path.append(part)
         elif missing and isinstance(node, dict) and part == loc[-1]:

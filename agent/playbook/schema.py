@@ -65,12 +65,12 @@ def _diagnose(doc: Document, error: Any) -> list[Diagnostic]:
     if kind in ("anyOf", "oneOf") and error.context:
         return _diagnose(doc, _best(error))
     if kind == "additionalProperties":
-        allowed = sorted(schema.get("properties", {}))
+        known = sorted(schema.get("properties", {}))
         out = []
-        for key in sorted(set(error.instance) - set(allowed)):
-            near = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+        for key in sorted(set(error.instance) - set(known)):
+            near = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
             what = "unknown resource kind or field" if not path else "unknown field"
-            hint = f"did you mean '{near[0]}'?" if near else f"one of: {', '.join(allowed)}"
+            hint = f"did you mean '{near[0]}'?" if near else f"one of: {', '.join(known)}"
             out.append(doc.diag((*path, key), f"{what} '{key}'", hint, key=True))
         return out
     if kind == "required":

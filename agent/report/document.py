@@ -11,7 +11,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-SCHEMA_VERSION = 1
 Status = Literal["ok", "changed", "failed", "skipped"]
 
 
@@ -58,7 +57,7 @@ class Summary(_Doc):
 class Report(_Doc):
     """One run of one playbook on one host."""
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = 1
     id: str = Field(default_factory=lambda: str(uuid.uuid4()),
                     description="Unique id; the collector deduplicates by it.")
     type: Literal["run"] = "run"

@@ -45,5 +45,6 @@ class Resource(Spec):
         for ref in refs or []:
             kind, sep, name = ref.partition(":")
             if not sep or not kind or not name:
-                raise ValueError(f"{ref!r} is not a KIND:NAME reference (expected e.g. services:nginx)")
+                raise ValueError(
+                    f"{ref!r} is not a KIND:NAME reference (expected e.g. services:nginx)")
         return refs

@@ -19,12 +19,14 @@ class FileSpec(Resource):
                       examples=["/etc/app/app.env"])
     state: Literal["file", "directory", "absent"] = Field(
         "file", description="file: a regular file; directory; absent: removed if present.")
-    content: str | None = Field(None, description="Exact content (templated with the playbook's vars).",
+    content: str | None = Field(None,
+                                description="Exact content (templated with the playbook's vars).",
                                 examples=["LOG_LEVEL=info\n"])
     template: str | None = Field(
         None, description="Jinja2 template file rendered with the playbook's vars "
         "(relative paths are relative to the playbook).", examples=["templates/nginx.conf.j2"])
-    source: str | None = Field(None, description="File copied byte for byte (relative to the playbook).",
+    source: str | None = Field(None,
+                               description="File copied byte for byte (relative to the playbook).",
                                examples=["files/app.env"])
     mode: Mode | None = Field(None, description="Octal permission bits, quoted. Unset: unmanaged.")
     owner: str | int | None = Field(None, description="User name or uid. Unset: unmanaged.",
@@ -38,10 +40,12 @@ class FileSpec(Resource):
     @model_validator(mode="after")
     def _check(self) -> FileSpec:
         if not os.path.isabs(self.path):
-            raise ValueError(f"path {self.path!r} must be absolute (expected e.g. /etc/app/app.env)")
+            raise ValueError(
+                f"path {self.path!r} must be absolute (expected e.g. /etc/app/app.env)")
         given = [k for k in ("content", "template", "source") if getattr(self, k) is not None]
         if len(given) > 1:
-            raise ValueError(f"give at most one of content, template, source (got {', '.join(given)})")
+            raise ValueError(
+                f"give at most one of content, template, source (got {', '.join(given)})")
         if given and self.state != "file":
             raise ValueError(f"{given[0]} only applies to state: file (state is {self.state})")
         if not self.name:

@@ -52,7 +52,8 @@ class ProcessSpec(Resource):
     start: list[str] | None = Field(
         None, min_length=1, description="argv to start it (no shell).",
         examples=[["/usr/local/bin/worker", "--queue", "default"]])
-    env: dict[str, str] | None = Field(None, description="Extra environment for the started process.")
+    env: dict[str, str] | None = Field(None,
+                                       description="Extra environment for the started process.")
     cwd: str | None = Field(None, description="Working directory of the started process.")
     user: str | None = Field(None, description="Start as this user (the agent must be root).")
     group: str | None = Field(None, description="Start with this group.")
