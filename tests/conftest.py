@@ -1,0 +1,35 @@
+"""Shared fixtures: the real components the suite starts for itself (Docker, test hosts)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> Any:
+    """A Docker client; dockerd is started when no daemon answers (a failure, never a skip)."""
+    from tests.harness.docker import ensure_docker
+
+    return ensure_docker()
+
+
+@pytest.fixture(scope="session")
+def busybox_image(docker_client: Any) -> str:
+    from tests.harness.docker import ensure_busybox_image
+
+    return ensure_busybox_image(docker_client)
+
+
+@pytest.fixture
+def testhost(docker_client: Any) -> Iterator[Any]:
+    """A fresh systemd test host (Debian bookworm, systemd as PID 1, dbus and sshd up)."""
+    from tests.harness.testhost import TestHost
+
+    host = TestHost(docker_client).start()
+    try:
+        yield host
+    finally:
+        host.remove()
