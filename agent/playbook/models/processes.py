@@ -39,7 +39,7 @@ class StopPolicy(Spec):
     @classmethod
     def _signal(cls, v: str) -> str:
         name = v.upper().removeprefix("SIG")
-        if not hasattr(signal, "SIG" + name):
+        if "SIG" + name not in signal.Signals.__members__:
             raise ValueError(f"unknown signal {v!r} (expected e.g. TERM, INT, HUP, QUIT)")
         return name
 
