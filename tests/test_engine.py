@@ -47,15 +47,13 @@ def marker():
 def test_kinds_without_provider_are_skipped_with_a_reason(tmp_path):
     result = run(tmp_path, """\
 name: x
-services: [{name: nginx, state: running}]
-containers: [{name: api, image: api:1}]
 checks: [{name: c, tcp: {host: 127.0.0.1, port: 1}}]
 thresholds: [{name: t, metric: cpu.percent, above: 90}]
 watches: [{name: w, log: /var/log/x, pattern: x}]
 backups: [{name: b, schedule: '0 2 * * *', source: {paths: [/srv]}, destination: /b}]
 """)
     assert [(r.kind, r.status) for r in result.results] == [
-        ("services", "skipped"), ("containers", "skipped"), ("checks", "skipped"),
+        ("checks", "skipped"),
         ("thresholds", "skipped"), ("watches", "skipped"), ("backups", "skipped")]
     assert all("not built yet" in r.message for r in result.results)
 
