@@ -35,7 +35,9 @@ class Console:
     def run(self, run: RunResult) -> None:
         pb = run.playbook
         label = {"plan": "PLAN", "check": "CHECK", "apply": "APPLY"}[run.mode]
-        self.write(f"{label} {pb.model.name} ({os.path.relpath(pb.path)}, {pb.revision}) "
+        shown = os.path.relpath(pb.path)
+        shown = pb.path if shown.startswith("..") else shown
+        self.write(f"{label} {pb.model.name} ({shown}, {pb.revision}) "
                    f"on {run.host}")
         for r in run.results:
             if r.status == "ok" and not self.verbose:

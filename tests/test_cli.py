@@ -100,7 +100,7 @@ def test_check_and_plan_show_drift_and_change_nothing(tree):
         p = opsagent(*args)
         assert p.returncode == 3, p.stdout + p.stderr
         assert recap(p.stdout)["changed"] == 3
-        assert f"would change  files:{dst}/secret.env" in p.stdout
+        assert f"would change files:{dst}/secret.env" in p.stdout
         assert "~ mode: 0644 -> 0600" in p.stdout
         assert snapshot(dst) == before
     fix = opsagent("apply", pb)
@@ -188,8 +188,8 @@ def test_fast_start_imports_nothing_heavy(tree):
 
 def test_colour_only_on_a_terminal(tree):
     pb, _ = tree
-    piped = opsagent("apply", pb)
-    assert "\x1b[" not in piped.stdout
+    piped = opsagent("plan", pb)
+    assert piped.returncode == 3 and "\x1b[" not in piped.stdout
     leader, follower = pty.openpty()
     proc = subprocess.Popen([*OPSAGENT, "plan", str(pb)], stdout=follower, stderr=follower,
                             env={k: v for k, v in dict(os.environ, PYTHONPATH=str(ROOT)).items()

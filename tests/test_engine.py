@@ -103,7 +103,7 @@ def test_apply_that_does_not_converge_is_a_failure(tmp_path, monkeypatch):
     result = run(tmp_path, f"name: x\nfiles:\n  - {{path: {tmp_path}/a, content: x}}\n")
     r = result.results[0]
     assert r.status == "failed"
-    assert r.message.startswith("still differs after apply: state")
+    assert r.message.startswith("still differs after apply: state (missing); content")
 
 
 def test_plan_and_check_never_apply(tmp_path, monkeypatch):
@@ -115,7 +115,7 @@ def test_plan_and_check_never_apply(tmp_path, monkeypatch):
         result = run(tmp_path, f"name: x\nfiles:\n  - {{path: {tmp_path}/a, content: x}}\n",
                      mode=mode)
         assert result.results[0].status == "changed"
-        assert result.results[0].message == "would change state"
+        assert result.results[0].message == "would change state, content"
     assert not (tmp_path / "a").exists()
 
 
