@@ -46,8 +46,11 @@ class Console:
         self.recap(run)
 
     def _result(self, r: ResourceResult, mode: str) -> None:
-        status = "would change" if (r.status == "changed" and mode != "apply") else r.status
-        self.write(f"  {self.paint(f'{status:<12}', r.status)} {r.ref}  {self._dim(r.message)}")
+        dry = r.status == "changed" and mode != "apply"
+        status = "would change" if dry else r.status
+        message = "" if dry else r.message  # the changes below say it all
+        self.write(f"  {self.paint(f'{status:<12}', r.status)} {r.ref}  {self._dim(message)}"
+                   .rstrip())
         for c in r.changes:
             before = "-" if c.before is None else c.before
             self.write(f"      ~ {c.field}: {before} -> {c.after}  ({c.reason})")

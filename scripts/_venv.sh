@@ -19,7 +19,12 @@ opsagent_venv() {
     fi
     local target="."
     [ -n "$extra" ] && target=".[$extra]"
-    .venv/bin/pip install -q --disable-pip-version-check -e "$target" 2>&1 \
-        | grep -v -e '^WARNING: Location' -e '^\s*$' >&2 || true
-    .venv/bin/python -c 'import agent' || { echo "installing opsagent into .venv failed" >&2; return 1; }
+    local log
+    log=$(mktemp)
+    if ! .venv/bin/pip install -q --disable-pip-version-check -e "$target" >"$log" 2>&1; then
+        cat "$log" >&2; rm -f "$log"
+        echo "installing opsagent into .venv failed" >&2
+        return 1
+    fi
+    rm -f "$log"
 }

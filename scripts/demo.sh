@@ -10,6 +10,10 @@ opsagent_venv ""
 sandbox="${OPSAGENT_DEMO_DIR:-/tmp/opsagent-demo}"
 run() { echo; echo "\$ opsagent $*"; .venv/bin/opsagent "$@"; }
 pb=(playbooks/demo.yaml -e "sandbox=$sandbox")
+if [ -e "$sandbox" ]; then  # start from scratch: stop an earlier demo's worker, clear its files
+    .venv/bin/opsagent apply "${pb[@]}" -e worker_state=absent >/dev/null 2>&1 || true
+    rm -rf -- "$sandbox"
+fi
 
 run validate playbooks/
 rc=0; run plan "${pb[@]}" || rc=$?
@@ -25,7 +29,8 @@ sleep 0.2
 rc=0; run apply "${pb[@]}" --check --diff || rc=$?
 [ "$rc" = 3 ] || { echo "expected --check to report drift (exit 3), got $rc" >&2; exit 1; }
 run apply "${pb[@]}"
-run apply "${pb[@]}" --json > "$sandbox/report.json"
+echo; echo "\$ opsagent apply ${pb[*]} --json > $sandbox/report.json"
+.venv/bin/opsagent apply "${pb[@]}" --json > "$sandbox/report.json"
 .venv/bin/python - "$sandbox/report.json" <<'PY'
 import json, sys
 report = json.load(open(sys.argv[1]))
