@@ -218,7 +218,9 @@ class Engine:
 
 
 def _started(result: ResourceResult) -> bool:
-    return any(c.field == "state" and c.after == "running" for c in result.changes)
+    """Whether the resource was (re)started in this run, after its notifiers were applied."""
+    return any(c.field == RESTART or (c.field == "state" and c.after in ("running", "restarted"))
+               for c in result.changes)
 
 
 def run_playbook(loaded: LoadedPlaybook, mode: Mode, ctx: ProviderContext) -> RunResult:

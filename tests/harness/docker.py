@@ -59,7 +59,8 @@ def ensure_docker(wait: float = 60.0) -> Any:
         except docker.errors.DockerException as e:
             last = e
             time.sleep(0.3)
-    tail = open(DOCKERD_LOG, errors="replace").read()[-2000:]
+    with open(DOCKERD_LOG, errors="replace") as fh:
+        tail = fh.read()[-2000:]
     raise HarnessError(f"dockerd did not answer within {wait:.0f}s ({last}); log:\n{tail}")
 
 

@@ -8,6 +8,7 @@ agent runs inside from the checkout's .venv (Debian's python3 on both sides).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -133,8 +134,6 @@ class TestHost:
 
     def remove(self) -> None:
         if self.container is not None:
-            try:
+            with contextlib.suppress(Exception):  # already gone
                 self.container.remove(force=True)
-            except Exception:  # already gone
-                pass
             self.container = None
