@@ -21,7 +21,9 @@ from agent.errors import ProviderError, UnsafeOperation
 # Never removed by `state: absent`, nor is anything directly under / (a typo away from these).
 PROTECTED = frozenset({"/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib32",
                        "/lib64", "/opt", "/proc", "/root", "/run", "/sbin", "/srv", "/sys",
-                       "/tmp", "/usr", "/var", "/var/lib", "/var/log", "/usr/local"})
+                       "/tmp", "/usr", "/var", "/var/lib", "/var/log", "/usr/local",
+                       # the real /bin, /lib, /sbin on merged-/usr systems
+                       "/usr/bin", "/usr/lib", "/usr/lib64", "/usr/sbin", "/usr/share"})
 
 
 def os_error(action: str, path: str, err: OSError) -> ProviderError:
@@ -40,7 +42,8 @@ def os_error(action: str, path: str, err: OSError) -> ProviderError:
 def write_atomic(path: str, data: bytes, mode: int, uid: int, gid: int) -> None:
     """Replace path with data; uid/gid -1 leave the owner as the writer."""
     directory, name = os.path.split(path)
-    tmp = os.path.join(directory, f".{name}.opsagent-{secrets.token_hex(4)}")
+    # Kept under NAME_MAX (255) however long the target's name is.
+    tmp = os.path.join(directory, f".{name[:200]}.opsagent-{secrets.token_hex(4)}")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                      0o600)
