@@ -128,7 +128,8 @@ def _expand(paths: Sequence[str]) -> list[str]:
     return files
 
 
-def _load_all(paths: Sequence[str], extra: dict[str, Any]) -> list[Any]:
+def _load_all(paths: Sequence[str], extra: dict[str, Any], *, schema_check: bool = False
+              ) -> list[Any]:
     """Load every playbook first; report the errors of all of them together."""
     from agent.errors import InputError
     from agent.playbook import load_playbook
@@ -136,7 +137,7 @@ def _load_all(paths: Sequence[str], extra: dict[str, Any]) -> list[Any]:
     loaded, errors = [], []
     for path in _expand(paths):
         try:
-            loaded.append(load_playbook(path, extra))
+            loaded.append(load_playbook(path, extra, schema_check=schema_check))
         except InputError as e:
             errors.extend(e.diagnostics)
     if errors:
@@ -151,7 +152,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if not files:
         raise UsageError("no playbooks found under " + ", ".join(args.paths))
     try:
-        _load_all(files, parse_extra_vars(args.extra_vars))
+        _load_all(files, parse_extra_vars(args.extra_vars), schema_check=True)
     except InputError as e:
         if args.json:
             print(json.dumps([dataclasses.asdict(d) for d in e.diagnostics], indent=2))

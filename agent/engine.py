@@ -30,6 +30,7 @@ T = TypeVar("T")
 
 OBSERVE_TIMEOUT = 30.0
 APPLY_TIMEOUT = 120.0
+OBSERVE_PARALLELISM = 8
 log = logging.getLogger("opsagent.engine")
 
 
@@ -111,8 +112,10 @@ class Engine:
         notified: dict[str, list[str]] = {}
         for kind in RESOURCE_KINDS:
             provider = load(kind)
-            for spec in getattr(pb, kind):
-                result = self._reconcile(kind, spec, provider, mode)
+            specs = getattr(pb, kind)
+            early = self._observe_all(provider, specs)
+            for spec in specs:
+                result = self._reconcile(kind, spec, provider, mode, early.get(id(spec)))
                 run.results.append(result)
                 if result.status == "changed":
                     for ref in spec.notify or []:
@@ -124,12 +127,41 @@ class Engine:
         run.finished = time.time()
         return run
 
+    def _observe_all(self, provider: Provider | None, specs: list[Any]
+                      ) -> dict[int, tuple[float, Any, BaseException | None]]:
+        """Observe independent resources concurrently (providers that say PARALLEL_OBSERVE:
+        one API round trip each, no order between them); id(spec) -> (seconds, observed,
+        error). The first is observed alone so shared clients are made once."""
+        if (provider is None or len(specs) < 2 or not getattr(provider, "PARALLEL_OBSERVE", False)
+                or provider.supports(self.ctx)):
+            return {}
+        out: dict[int, tuple[float, Any, BaseException | None]] = {}
+        gate = threading.Semaphore(OBSERVE_PARALLELISM)
+
+        def one(spec: Any) -> None:
+            with gate:
+                t0 = time.monotonic()
+                try:
+                    out[id(spec)] = (time.monotonic() - t0, provider.observe(spec, self.ctx), None)
+                except BaseException as e:  # handed to the resource's own reconcile
+                    out[id(spec)] = (time.monotonic() - t0, None, e)
+
+        one(specs[0])
+        threads = [threading.Thread(target=one, args=(s,), daemon=True) for s in specs[1:]]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + max(s.timeout or OBSERVE_TIMEOUT for s in specs)
+        for t in threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        return dict(out)  # a resource still missing here is observed again on its own
+
     def _reconcile(self, kind: str, spec: Any, provider: Provider | None,
-                   mode: Mode) -> ResourceResult:
+                   mode: Mode, early: tuple[float, Any, BaseException | None] | None = None
+                   ) -> ResourceResult:
         t0 = time.monotonic()
         result = ResourceResult(kind, spec.name, "ok", "")
         try:
-            self._reconcile_into(result, spec, provider, mode)
+            self._reconcile_into(result, spec, provider, mode, early)
         except ProviderError as e:
             result.status, result.message = "failed", str(e)
         except OpsAgentError as e:
@@ -138,11 +170,12 @@ class Engine:
             log.error("provider crash on %s:%s\n%s", kind, spec.name, traceback.format_exc())
             result.status = "failed"
             result.message = f"internal error in the {kind} provider: {type(e).__name__}: {e}"
-        result.duration_s = time.monotonic() - t0
+        result.duration_s = time.monotonic() - t0 + (early[0] if early else 0.0)
         return result
 
     def _reconcile_into(self, result: ResourceResult, spec: Any, provider: Provider | None,
-                        mode: Mode) -> None:
+                        mode: Mode, early: tuple[float, Any, BaseException | None] | None
+                        ) -> None:
         if provider is None:
             result.status, result.message = "skipped", PENDING.get(result.kind, "no provider")
             return
@@ -150,8 +183,13 @@ class Engine:
         if reason:
             result.status, result.message = "skipped", reason
             return
-        observe_timeout = spec.timeout or OBSERVE_TIMEOUT
-        observed = self._call(lambda: provider.observe(spec, self.ctx), observe_timeout)
+        if early is not None:
+            if early[2] is not None:
+                raise early[2]
+            observed = early[1]
+        else:
+            observed = self._call(lambda: provider.observe(spec, self.ctx),
+                                  spec.timeout or OBSERVE_TIMEOUT)
         changes = provider.diff(spec, observed)
         if not changes:
             result.message = provider.describe(spec, observed)

@@ -25,8 +25,15 @@ class LoadedPlaybook:
     variables: Mapping[str, Any]
 
 
-def load_playbook(path: str, extra_vars: Mapping[str, Any] | None = None) -> LoadedPlaybook:
-    """Load and check one playbook; raise InputError with every diagnostic found."""
+def load_playbook(path: str, extra_vars: Mapping[str, Any] | None = None, *,
+                  schema_check: bool = True) -> LoadedPlaybook:
+    """Load and check one playbook; raise InputError with every diagnostic found.
+
+    schema_check=False (plan, apply: start-up time matters) runs the JSON Schema check only
+    when the models refuse the document, for its located messages. The models are strict
+    and the schema is generated from them, so they refuse everything the schema refuses
+    (tests/playbook/test_schema.py holds every bad input to that); `validate` runs both.
+    """
     text = read_text(path)
     doc = parse(text, path)
     if not isinstance(doc.data, dict):
@@ -45,7 +52,7 @@ def load_playbook(path: str, extra_vars: Mapping[str, Any] | None = None) -> Loa
 
     from agent.playbook import schema
 
-    errors = schema.check(doc)
+    errors = schema.check(doc) if schema_check else []
 
     from pydantic import ValidationError
 
@@ -57,6 +64,7 @@ def load_playbook(path: str, extra_vars: Mapping[str, Any] | None = None) -> Loa
     except ValidationError as e:
         # The models check what the schema cannot (cron, regexes, signals, ...): add those,
         # leaving out what the schema already said about the same place.
+        errors = errors or schema.check(doc)
         more = [d for d in pydantic_diagnostics(doc, e) if not _covered(d.path, errors)]
         raise InputError(sorted(errors + more, key=lambda d: (d.line, d.col))) from None
     if errors:

@@ -107,6 +107,9 @@ class ServiceObserved:
     dropins: dict[str, uf.FileView] = field(default_factory=dict)  # the owned ones, by name
 
 
+PARALLEL_OBSERVE = True  # one LoadUnit + GetAll per unit; no order between units
+
+
 def supports(ctx: ProviderContext) -> str | None:
     if not os.path.isdir(SYSTEMD_RUNTIME_DIR):
         return f"systemd is not running on this host ({SYSTEMD_RUNTIME_DIR} does not exist)"

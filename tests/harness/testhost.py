@@ -89,13 +89,15 @@ class TestHost:
         self.name = name or f"opsagent-th-{uuid.uuid4().hex[:8]}"
         self.container: Any = None
 
-    def start(self, ready_timeout: float = 90.0) -> TestHost:
+    def start(self, ready_timeout: float = 90.0,
+              volumes: dict[str, dict[str, str]] | None = None) -> TestHost:
+        """Boot the host; `volumes` adds bind mounts (e.g. the Docker socket)."""
         self.container = self.client.containers.run(
             ensure_testhost_image(self.client), ["/sbin/init"], detach=True, name=self.name,
             hostname=self.name, cap_add=["SYS_ADMIN"], security_opt=["seccomp=unconfined"],
             cgroupns="host", tmpfs={"/run": "", "/run/lock": ""},
             volumes={"/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "rw"},
-                     REPO: {"bind": REPO, "mode": "ro"}},
+                     REPO: {"bind": REPO, "mode": "ro"}, **(volumes or {})},
             labels={"opsagent-test": "testhost"}, stop_signal="SIGRTMIN+3")
         deadline = time.monotonic() + ready_timeout
         state = ""

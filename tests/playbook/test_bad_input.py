@@ -211,3 +211,26 @@ def test_merge_keys_and_anchors_work(tmp_path):
                     "mode: '0600'}\n")
     files = load_playbook(str(path)).model.files
     assert [(f.mode, f.owner) for f in files] == [(0o640, "root"), (0o600, "root")]
+
+
+@pytest.mark.parametrize("text", [c[1] for c in CASES], ids=[c[0] for c in CASES])
+def test_fast_path_reports_exactly_what_the_schema_path_reports(tmp_path, text):
+    """plan/apply skip the JSON Schema check unless the strict models refuse the document;
+    they must refuse everything the schema refuses, with the same messages."""
+    path = tmp_path / "pb.yaml"
+    (path.write_bytes if isinstance(text, bytes) else path.write_text)(text)
+    got = {}
+    for schema_check in (True, False):
+        with pytest.raises(InputError) as exc:
+            load_playbook(str(path), schema_check=schema_check)
+        got[schema_check] = [d.format() for d in exc.value.diagnostics]
+    assert got[True] == got[False]
+
+
+def test_strict_models_refuse_what_lax_coercion_would_accept(tmp_path):
+    path = tmp_path / "pb.yaml"
+    path.write_text("name: x\nchecks:\n  - {name: c, tcp: {host: h, port: '80'}}\n")
+    for schema_check in (True, False):
+        with pytest.raises(InputError) as exc:
+            load_playbook(str(path), schema_check=schema_check)
+        assert "checks[0].tcp.port: '80' is not a whole number" in exc.value.diagnostics[0].format()

@@ -10,7 +10,7 @@ from agent.playbook.types import Duration
 class Spec(BaseModel):
     """Base of every declaration: unknown fields are refused, instances are frozen."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, strict=True)
 
 
 class RestartBudget(Spec):
