@@ -82,6 +82,9 @@ def _parser() -> argparse.ArgumentParser:
         if name == "apply":
             s.add_argument("-C", "--check", action="store_true",
                            help="dry run: show what would change, change nothing")
+            s.add_argument("--unattended", action="store_true",
+                           help="no operator is watching (cron, a timer): starts and restarts "
+                           "spend restart budgets, as the agent service's do")
         s.set_defaults(func=cmd_run, mode=name)
     return p
 
@@ -188,7 +191,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     failed = drift = False
     for pb in loaded:
         ctx = ProviderContext(host=host, variables=pb.variables, base_dir=os.path.dirname(pb.path),
-                              state_dir=_state_dir(args.state_dir))
+                              state_dir=_state_dir(args.state_dir),
+                              automatic=getattr(args, "unattended", False))
         run = run_playbook(pb, mode, ctx)
         failed |= run.count("failed") > 0
         drift |= run.drift

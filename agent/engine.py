@@ -14,11 +14,12 @@ import queue
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 from agent.errors import OpsAgentError, ProviderError, ProviderTimeout
+from agent.pending import PendingHandlers
 from agent.playbook import LoadedPlaybook
 from agent.playbook.models import OBSERVED_KINDS, RESOURCE_KINDS
 from agent.providers import PENDING, load
@@ -43,6 +44,8 @@ class ResourceResult:
     changes: list[Change] = field(default_factory=list)
     outcomes: list[Outcome] = field(default_factory=list)
     duration_s: float = 0.0
+    # The provider's last observation (what the agent service watches: pids, paths, units).
+    observed: Any = field(default=None, repr=False, compare=False)
 
     @property
     def ref(self) -> str:
@@ -97,35 +100,78 @@ class _Worker:
 
 
 class Engine:
-    def __init__(self, ctx: ProviderContext) -> None:
+    def __init__(self, ctx: ProviderContext,
+                 should_stop: Callable[[], bool] | None = None) -> None:
         self.ctx = ctx
         self._worker = _Worker()
+        # Asked between resources: the agent service stops after the action in flight.
+        self.should_stop = should_stop or (lambda: False)
 
     def _call(self, fn: Callable[[], T], timeout: float) -> T:
         if self._worker.stuck:
             self._worker = _Worker()
         return self._worker.call(fn, timeout)
 
-    def run(self, loaded: LoadedPlaybook, mode: Mode) -> RunResult:
+    def run(self, loaded: LoadedPlaybook, mode: Mode,
+            only: Collection[str] | None = None) -> RunResult:
+        """Reconcile every resource, or only the KIND:NAME refs in ``only`` (the service's
+        targeted runs); handlers owed from earlier runs are run either way."""
         run = RunResult(loaded, self.ctx.host, mode, time.time())
         pb = loaded.model
         notified: dict[str, list[str]] = {}
         for kind in RESOURCE_KINDS:
+            specs = [s for s in getattr(pb, kind) if only is None or f"{kind}:{s.name}" in only]
+            if not specs:
+                continue
             provider = load(kind)
-            specs = getattr(pb, kind)
             early = self._observe_all(provider, specs)
             for spec in specs:
+                if self.should_stop():
+                    run.results.append(ResourceResult(kind, spec.name, "skipped",
+                                                      "not reconciled: the agent is stopping"))
+                    continue
                 result = self._reconcile(kind, spec, provider, mode, early.get(id(spec)))
                 run.results.append(result)
-                if result.status == "changed":
-                    for ref in spec.notify or []:
+                if result.status == "changed" and spec.notify:
+                    for ref in spec.notify:
                         notified.setdefault(ref, []).append(result.ref)
-        for kind in OBSERVED_KINDS:
-            for spec in getattr(pb, kind):
-                run.results.append(ResourceResult(kind, spec.name, "skipped", PENDING[kind]))
-        self._run_handlers(run, notified)
+                    if mode == "apply":
+                        self._owe(pb.name, spec.notify, result.ref)
+        if only is None:
+            for kind in OBSERVED_KINDS:
+                for spec in getattr(pb, kind):
+                    run.results.append(ResourceResult(kind, spec.name, "skipped", PENDING[kind]))
+        owed = self._owed(pb.name)
+        for ref, notifiers in owed.items():
+            known = notified.setdefault(ref, [])
+            known.extend(f"{n} (owed by an earlier run)" for n in notifiers if n not in known)
+        if not self.should_stop():
+            self._run_handlers(run, notified, owed)
         run.finished = time.time()
         return run
+
+    def _owe(self, playbook: str, refs: list[str], notifier: str) -> None:
+        """Write the notifications down before any handler runs (replayed after a crash)."""
+        try:
+            for ref in refs:
+                PendingHandlers(self.ctx.state_dir).add(playbook, ref, [notifier], time.time())
+        except OpsAgentError as e:
+            log.warning("cannot record the handlers owed by %s: %s", notifier, e)
+
+    def _owed(self, playbook: str) -> dict[str, list[str]]:
+        try:
+            return PendingHandlers(self.ctx.state_dir).owed(playbook)
+        except OpsAgentError as e:
+            log.warning("cannot read the handlers owed by earlier runs: %s", e)
+            return {}
+
+    def _paid(self, run: RunResult, ref: str) -> None:
+        if run.mode != "apply":
+            return
+        try:
+            PendingHandlers(self.ctx.state_dir).done(run.playbook.model.name, ref)
+        except OpsAgentError as e:
+            log.warning("cannot clear the handler owed to %s: %s", ref, e)
 
     def _observe_all(self, provider: Provider | None, specs: list[Any]
                       ) -> dict[int, tuple[float, Any, BaseException | None]]:
@@ -190,6 +236,7 @@ class Engine:
         else:
             observed = self._call(lambda: provider.observe(spec, self.ctx),
                                   spec.timeout or OBSERVE_TIMEOUT)
+        result.observed = observed
         changes = provider.diff(spec, observed)
         if not changes:
             result.message = provider.describe(spec, observed)
@@ -212,6 +259,7 @@ class Engine:
             return
         observed = self._call(lambda: provider.observe(spec, self.ctx),
                               spec.timeout or OBSERVE_TIMEOUT)
+        result.observed = observed
         left = [c for c in provider.diff(spec, observed) if c.field != RESTART]
         if left:
             result.status = "failed"
@@ -221,19 +269,31 @@ class Engine:
         result.message = "changed " + ", ".join(dict.fromkeys(c.field for c in changes)) + \
             "; now " + provider.describe(spec, observed)
 
-    def _run_handlers(self, run: RunResult, notified: dict[str, list[str]]) -> None:
+    def _run_handlers(self, run: RunResult, notified: dict[str, list[str]],
+                      owed: Collection[str] = ()) -> None:
         if not notified:
             return
         by_ref = {r.ref: r for r in run.results}
         pb = run.playbook.model
+        declared = {f"{k}:{s.name}" for k in RESOURCE_KINDS for s in getattr(pb, k)}
+        for ref in owed:
+            if ref not in declared:  # the playbook no longer has it: nothing to restart
+                log.warning("dropping the handler owed to %s: not in playbook %s", ref, pb.name)
+                self._paid(run, ref)
         for kind in RESOURCE_KINDS:
             for spec in getattr(pb, kind):
                 ref = f"{kind}:{spec.name}"
                 if ref not in notified:
                     continue
-                result = by_ref[ref]
-                if result.status in ("failed", "skipped") or _started(result):
-                    continue  # a resource started in this run already runs the new config
+                result = by_ref.get(ref)
+                if result is None:  # a targeted run: the handler's resource was not in it
+                    result = ResourceResult(kind, spec.name, "ok", "")
+                    run.results.append(result)
+                if result.status == "failed":
+                    continue  # still owed: replayed once the resource works again
+                if result.status == "skipped" or _started(result):
+                    self._paid(run, ref)  # started in this run: it already runs the new config
+                    continue
                 change = Change(RESTART, None, "restarted",
                                 "notified by " + ", ".join(notified[ref]))
                 t0 = time.monotonic()
@@ -246,6 +306,8 @@ class Engine:
                 assert provider is not None
                 try:
                     self._apply_and_verify(result, spec, provider, [change])
+                    if not _failed(result):  # a failed handler stays owed
+                        self._paid(run, ref)
                 except OpsAgentError as e:
                     result.status, result.message = "failed", f"handler: {e}"
                 except Exception as e:
@@ -255,14 +317,19 @@ class Engine:
                 result.duration_s += time.monotonic() - t0
 
 
+def _failed(result: ResourceResult) -> bool:
+    return result.status == "failed"
+
+
 def _started(result: ResourceResult) -> bool:
     """Whether the resource was (re)started in this run, after its notifiers were applied."""
     return any(c.field == RESTART or (c.field == "state" and c.after in ("running", "restarted"))
                for c in result.changes)
 
 
-def run_playbook(loaded: LoadedPlaybook, mode: Mode, ctx: ProviderContext) -> RunResult:
-    return Engine(ctx).run(loaded, mode)
+def run_playbook(loaded: LoadedPlaybook, mode: Mode, ctx: ProviderContext,
+                 only: Collection[str] | None = None) -> RunResult:
+    return Engine(ctx).run(loaded, mode, only)
 
 
 def report_of(run: RunResult, agent_version: str) -> Any:

@@ -23,7 +23,8 @@ def load(tmp_path, text: str, extra=None):
 
 def ctx_for(loaded) -> ProviderContext:
     return ProviderContext(host="test", variables=loaded.variables,
-                           base_dir=os.path.dirname(loaded.path), state_dir="/nonexistent")
+                           base_dir=os.path.dirname(loaded.path),
+                           state_dir=os.path.join(os.path.dirname(loaded.path), "state"))
 
 
 def run(tmp_path, text, mode="apply", extra=None):

@@ -4,29 +4,29 @@ A budget is ``max`` attempts within a sliding window of ``within`` seconds, with
 before each retry that doubles every time (``backoff``, ``2*backoff``, ...). Attempts are
 recorded *before* the action runs, so an attempt that hangs or kills the agent still counts.
 
-The store is one table in ``STATE_DIR/state.db`` (SQLite: atomic, and safe when an operator's
-``opsagent apply`` runs next to the agent service). ``take`` decides and records in one
-write transaction, so two agents cannot both spend the last attempt. Keys are free text:
-``services:nginx.service``, ``containers:api``.
+The store is one table in ``STATE_DIR/state.db`` (``agent.statedb``: SQLite, atomic, and safe
+when an operator's ``opsagent apply`` runs next to the agent service). ``take`` decides and
+records in one write transaction, so two agents cannot both spend the last attempt. Keys are
+the resources' KIND:NAME (``services:nginx``, ``containers:api``), as ``opsagent reset`` takes.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import sqlite3
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from agent.errors import ProviderError
+from agent import statedb
 from agent.playbook.types import format_duration
 
-DB_NAME = "state.db"
-_SCHEMA = """CREATE TABLE IF NOT EXISTS restart_attempts (
-    key TEXT NOT NULL,
-    at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS restart_attempts_key ON restart_attempts (key, at);"""
+if TYPE_CHECKING:
+    from agent.playbook.models.base import RestartBudget
+    from agent.providers.base import ProviderContext
+
+DB_NAME = statedb.DB_NAME
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +39,11 @@ class Verdict:
     exhausted: bool
     message: str  # "restart budget exhausted (3 in 10m)", "attempt 2 of 3 in 10m", ...
     detail: str = ""  # when an exhausted budget allows the next attempt
+
+    @property
+    def note(self) -> str:
+        """" (attempt 1 of 3 in 10m)" for an outcome message; "" for an operator's action."""
+        return f" ({self.message})" if self.message else ""
 
 
 def decide(attempts: Sequence[float], max_: int, within: float, backoff: float,
@@ -64,6 +69,24 @@ def decide(attempts: Sequence[float], max_: int, within: float, backoff: float,
                    f"attempt {len(recent) + 1} of {max_} in {format_duration(within)}")
 
 
+BY_HAND = Verdict(True, 0, 0.0, False, "")  # an operator's action: nothing to say
+
+
+def spend(ctx: ProviderContext, key: str, budget: RestartBudget, inline_limit: float) -> Verdict:
+    """Spend one attempt of ``budget`` for an automatic action, waiting out a backoff of up
+    to ``inline_limit`` seconds first. Actions an operator asks for (``ctx.automatic`` false:
+    ``opsagent apply`` by hand, ``opsagent reset``) neither spend nor need a budget."""
+    if not ctx.automatic:
+        return BY_HAND
+    store = BudgetStore(ctx.state_dir)
+    verdict = store.take(key, budget.max, budget.within, budget.backoff, ctx.clock())
+    if not verdict.allowed and not verdict.exhausted and verdict.wait_s <= inline_limit:
+        ctx.log.info("%s: %s", key, verdict.message)
+        time.sleep(verdict.wait_s)
+        verdict = store.take(key, budget.max, budget.within, budget.backoff, ctx.clock())
+    return verdict
+
+
 def _human(seconds: float) -> str:
     seconds = max(seconds, 0.0)
     if seconds < 1:
@@ -78,39 +101,33 @@ class BudgetStore:
     """Attempt times by key in ``state_dir``/state.db (the directory is created 0700)."""
 
     def __init__(self, state_dir: str) -> None:
-        self.path = os.path.join(state_dir, DB_NAME)
+        self.path = statedb.path_of(state_dir)
         self._state_dir = state_dir
 
-    @contextlib.contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        try:
-            if not os.path.isdir(self._state_dir):
-                os.makedirs(self._state_dir, mode=0o700, exist_ok=True)
-            fresh = not os.path.exists(self.path)
-            conn = sqlite3.connect(self.path, timeout=5.0, isolation_level=None)
-        except (OSError, sqlite3.Error) as e:
-            raise ProviderError(f"cannot open the restart budget store {self.path}: {e}") from e
-        try:
-            if fresh:
-                os.chmod(self.path, 0o600)
-            conn.executescript(_SCHEMA)
-            yield conn
-        except (OSError, sqlite3.Error) as e:
-            raise ProviderError(f"restart budget store {self.path}: {e}") from e
-        finally:
-            conn.close()
+    def _db(self) -> contextlib.AbstractContextManager[sqlite3.Connection | None]:
+        return statedb.connect(self._state_dir)
 
     def attempts(self, key: str) -> list[float]:
-        with self._db() as db:
+        with statedb.connect(self._state_dir, create=False) as db:
+            if db is None:
+                return []
             rows = db.execute("SELECT at FROM restart_attempts WHERE key = ? ORDER BY at",
                               (key,)).fetchall()
         return [float(r[0]) for r in rows]
 
+    def keys(self) -> list[str]:
+        """Every key with attempts on record (for ``opsagent status``)."""
+        with statedb.connect(self._state_dir, create=False) as db:
+            if db is None:
+                return []
+            return [r[0] for r in db.execute(
+                "SELECT DISTINCT key FROM restart_attempts ORDER BY key").fetchall()]
+
     def take(self, key: str, max_: int, within: float, backoff: float, now: float) -> Verdict:
         """Decide on one more attempt at ``now`` and, when allowed, record it (atomically)."""
-        with self._db() as db:
-            db.execute("BEGIN IMMEDIATE")
-            try:
+        with self._db() as conn:
+            assert conn is not None
+            with statedb.transaction(conn) as db:
                 db.execute("DELETE FROM restart_attempts WHERE key = ? AND at <= ?",
                            (key, now - within))
                 rows = db.execute("SELECT at FROM restart_attempts WHERE key = ?",
@@ -119,13 +136,10 @@ class BudgetStore:
                 if verdict.allowed:
                     db.execute("INSERT INTO restart_attempts (key, at) VALUES (?, ?)",
                                (key, now))
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
         return verdict
 
     def reset(self, key: str) -> None:
         """Forget a key's attempts (an operator's explicit reset)."""
         with self._db() as db:
+            assert db is not None
             db.execute("DELETE FROM restart_attempts WHERE key = ?", (key,))

@@ -24,9 +24,10 @@ from typing import Any, NoReturn
 
 from agent.errors import ProviderError
 from agent.playbook.models import ContainerSpec
+from agent.providers import _budget
 from agent.providers import _docker_client as dc
 from agent.providers import _docker_config as cfg
-from agent.providers._budget import BudgetStore, Verdict
+from agent.providers._budget import Verdict
 from agent.providers.base import RESTART, Outcome, ProviderContext
 from agent.providers.containers import (
     RUNNING_STATES,
@@ -120,20 +121,20 @@ class _Steps:
         if o.status == "paused":
             verdict = self.take_budget("unpause")
             self.act("unpause", lambda: self.api.unpause(name),
-                     f"unpaused {name} ({verdict.message})", settle=True)
+                     f"unpaused {name}{verdict.note}", settle=True)
         elif o.status != "running" and created:
             self.act("start", lambda: self.api.start(name), f"started {name}", settle=True)
         elif o.status != "running":
             verdict = self.take_budget("start")
             self.act("start", lambda: self.api.start(name),
-                     f"started {name}, which was {o.status} ({verdict.message})", settle=True)
+                     f"started {name}, which was {o.status}{verdict.note}", settle=True)
         elif not created and (self.spec.state == "restarted" or notified
                               or o.health == "unhealthy"):
             why = "it was unhealthy" if o.health == "unhealthy" else (
                 "state: restarted" if self.spec.state == "restarted" else "notified")
             verdict = self.take_budget("restart")
             self.act("restart", lambda: self.api.restart(name, timeout=STOP_TIMEOUT),
-                     f"restarted {name}: {why} ({verdict.message})", settle=True)
+                     f"restarted {name}: {why}{verdict.note}", settle=True)
 
     def create(self) -> None:
         spec, api = self.spec, self.api
@@ -175,15 +176,10 @@ class _Steps:
 
     def take_budget(self, action: str) -> Verdict:
         """Spend one attempt of the restart budget, waiting out a short backoff first."""
-        spec, ctx, b = self.spec, self.ctx, self.spec.restart
-        store, key = BudgetStore(ctx.state_dir), f"containers:{spec.name}"
+        spec = self.spec
         self.action = action
-        verdict = store.take(key, b.max, b.within, b.backoff, ctx.clock())
         limit = min(MAX_INLINE_BACKOFF_S, (spec.timeout or SLOW_CALL_TIMEOUT) / 2)
-        if not verdict.allowed and not verdict.exhausted and verdict.wait_s <= limit:
-            ctx.log.info("containers:%s: %s", spec.name, verdict.message)
-            time.sleep(verdict.wait_s)
-            verdict = store.take(key, b.max, b.within, b.backoff, ctx.clock())
+        verdict = _budget.spend(self.ctx, f"containers:{spec.name}", spec.restart, limit)
         if not verdict.allowed:
             detail = f" ({verdict.detail})" if verdict.detail else ""
             verb = {"start": "starting", "restart": "restarting"}.get(action, action + "ing")

@@ -196,7 +196,7 @@ class _Actor:
             self._fail(action, self._failure(
                 f"{action} of {self.unit} failed (job result: {result})", st))
         verb = "started" if action == "start" else "restarted"
-        self.done.append(Outcome(action, True, f"{verb} {self.unit} ({verdict.message}): "
+        self.done.append(Outcome(action, True, f"{verb} {self.unit}{verdict.note}: "
                                  f"now {st.text()}"))
 
     def _job(self, action: str, method: str) -> str:

@@ -54,6 +54,9 @@ class ProviderContext:
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("opsagent"))
     clock: Callable[[], float] = time.time
     monotonic: Callable[[], float] = time.monotonic
+    # True when no operator asked for this run (the agent service, apply --unattended):
+    # starts and restarts then spend the resource's restart budget.
+    automatic: bool = False
     # Clients shared by the resources of one run (a Docker client, a D-Bus connection),
     # created by the provider that needs them on first use.
     cache: dict[str, Any] = field(default_factory=dict)

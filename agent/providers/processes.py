@@ -20,13 +20,14 @@ import psutil
 from agent.errors import InternalError, ProviderError, UnsafeOperation
 from agent.playbook.models.processes import ProcessMatch, ProcessSpec
 from agent.playbook.types import format_duration
-from agent.providers import _spawn
+from agent.providers import _budget, _spawn
 from agent.providers.base import RESTART, Change, Outcome, ProviderContext
 
 _ATTRS = ["pid", "name", "cmdline", "username", "status", "create_time"]
 _POLL_S = 0.03  # between looks for the started process: fast to notice, no busy loop
 _SETTLE_S = 0.25  # a start counts once its process has lived this long
 _CMD_MAX = 160
+MAX_INLINE_BACKOFF_S = 30.0  # longer backoffs fail the run instead of blocking it
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +206,11 @@ def _start(spec: ProcessSpec, ctx: ProviderContext) -> list[Outcome]:
         return [Outcome("start", True, f"not started: already {describe(spec, _observed(now))}")]
     if not spec.start:
         raise ProviderError("cannot start: no start argv is given")
+    limit = min(MAX_INLINE_BACKOFF_S, (spec.timeout or 120.0) / 2)
+    verdict = _budget.spend(ctx, f"processes:{spec.name}", spec.restart, limit)
+    if not verdict.allowed:
+        detail = f" ({verdict.detail})" if verdict.detail else ""
+        raise ProviderError(f"{verdict.message}: not starting {spec.name}{detail}")
     creds = _spawn.resolve_credentials(spec.user, spec.group)
     env = _spawn.child_env(spec.env, creds)
     proc, log_offset = _spawn.spawn(spec.start, env=env, cwd=spec.cwd, creds=creds, log=spec.log)
@@ -218,9 +224,10 @@ def _start(spec: ProcessSpec, ctx: ProviderContext) -> list[Outcome]:
         raise
     first = matched.found[0][1]
     if first.pid == proc.pid:
-        return [Outcome("start", True, f"started pid {proc.pid}: {first.command}")]
+        return [Outcome("start", True, f"started pid {proc.pid}{verdict.note}: "
+                        f"{first.command}")]
     now_text = describe(spec, _observed(matched))
-    return [Outcome("start", True, f"started pid {proc.pid}; now {now_text}")]
+    return [Outcome("start", True, f"started pid {proc.pid}{verdict.note}; now {now_text}")]
 
 
 def _await_match(spec: ProcessSpec, proc: subprocess.Popen[bytes], log_offset: int,

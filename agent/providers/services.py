@@ -17,7 +17,6 @@ Every start or restart the agent does counts against the spec's restart budget
 from __future__ import annotations
 
 import os
-import time
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -25,8 +24,9 @@ from typing import TYPE_CHECKING, Any
 
 from agent.errors import InternalError
 from agent.playbook.models.services import ServiceSpec
+from agent.providers import _budget
 from agent.providers import _unit_files as uf
-from agent.providers._budget import BudgetStore, Verdict
+from agent.providers._budget import Verdict
 from agent.providers.base import RESTART, Change, Outcome, ProviderContext
 
 if TYPE_CHECKING:
@@ -229,12 +229,5 @@ def read_status(bus: SystemdBus, spec: ServiceSpec) -> UnitStatus:
 
 def take_budget(spec: ServiceSpec, ctx: ProviderContext) -> Verdict:
     """Spend one attempt of the spec's restart budget, waiting out a short backoff first."""
-    store, b = BudgetStore(ctx.state_dir), spec.restart
-    key = f"services:{spec.unit}"
-    verdict = store.take(key, b.max, b.within, b.backoff, ctx.clock())
     limit = min(MAX_INLINE_BACKOFF_S, (spec.timeout or 120.0) / 2)
-    if not verdict.allowed and not verdict.exhausted and verdict.wait_s <= limit:
-        ctx.log.info("services:%s: %s", spec.name, verdict.message)
-        time.sleep(verdict.wait_s)
-        verdict = store.take(key, b.max, b.within, b.backoff, ctx.clock())
-    return verdict
+    return _budget.spend(ctx, f"services:{spec.name}", spec.restart, limit)

@@ -194,7 +194,7 @@ def reconcile(tmp_path, body: str, mode: str = "apply"):
     pb.write_text("name: ct\ncontainers:\n" + body)
     loaded = load_playbook(str(pb))
     ctx = ProviderContext(host="test", variables=loaded.variables, base_dir=str(tmp_path),
-                          state_dir=str(tmp_path / "state"))
+                          state_dir=str(tmp_path / "state"), automatic=True)
     return run_playbook(loaded, mode, ctx).results[0]
 
 

@@ -451,7 +451,7 @@ def test_a_failing_unit_is_reported_and_its_budget_stops_retries(testhost):
         """
     messages = []
     for _ in range(5):
-        code, report = run_agent(testhost, "apply", pb)
+        code, report = run_agent(testhost, "apply", pb, "--unattended")
         assert code == 4
         res = only(report)
         assert res["status"] == "failed"

@@ -65,7 +65,10 @@ class ProcessSpec(Resource):
     start_timeout: Duration = Field(5.0, description="How long a start may take to show a "
                                     "matching process.", examples=["5s"])
     stop: StopPolicy = Field(default_factory=StopPolicy, description="How to stop it.")
-    restart: RestartBudget | None = Field(None, description="Budget for automatic (re)starts.")
+    restart: RestartBudget = Field(
+        default_factory=RestartBudget,
+        description="Budget for the starts and restarts the agent does on its own (default "
+        "3 within 10m, backoff 5s doubling); an operator's own apply spends none.")
 
     @model_validator(mode="after")
     def _check(self) -> ProcessSpec:

@@ -1,0 +1,72 @@
+"""The agent's state database: ``STATE_DIR/state.db`` (SQLite, WAL), private to root.
+
+Restart budgets, pending handler notifications and alert events live here: small tables
+written in short transactions, shared safely by the agent service and an operator's
+``opsagent apply`` running next to it. The directory is created 0700 and the file 0600.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+from collections.abc import Iterator
+
+from agent.errors import ProviderError
+
+DB_NAME = "state.db"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS restart_attempts (key TEXT NOT NULL, at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS restart_attempts_key ON restart_attempts (key, at);
+CREATE TABLE IF NOT EXISTS pending_handlers (
+    playbook TEXT NOT NULL, ref TEXT NOT NULL, notifier TEXT NOT NULL, at REAL NOT NULL,
+    PRIMARY KEY (playbook, ref, notifier));
+CREATE TABLE IF NOT EXISTS alerts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, key TEXT NOT NULL,
+    severity TEXT NOT NULL, message TEXT NOT NULL);
+"""
+
+
+def path_of(state_dir: str) -> str:
+    return os.path.join(state_dir, DB_NAME)
+
+
+@contextlib.contextmanager
+def connect(state_dir: str, *, create: bool = True) -> Iterator[sqlite3.Connection | None]:
+    """A connection in autocommit mode (callers open their own transactions); None when
+    ``create`` is false and there is no database yet (a read by a dry run changes nothing)."""
+    path = path_of(state_dir)
+    if not create and not os.path.exists(path):
+        yield None
+        return
+    try:
+        if not os.path.isdir(state_dir):
+            os.makedirs(state_dir, mode=0o700, exist_ok=True)
+        fresh = not os.path.exists(path)
+        conn = sqlite3.connect(path, timeout=5.0, isolation_level=None)
+    except (OSError, sqlite3.Error) as e:
+        raise ProviderError(f"cannot open the state database {path}: {e}") from e
+    try:
+        if fresh:
+            os.chmod(path, 0o600)
+            conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")  # WAL: durable across a crash of the agent
+        conn.executescript(_SCHEMA)
+        yield conn
+    except (OSError, sqlite3.Error) as e:
+        raise ProviderError(f"state database {path}: {e}") from e
+    finally:
+        conn.close()
+
+
+@contextlib.contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """BEGIN IMMEDIATE … COMMIT: one writer decides and writes, rolled back on any error."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
