@@ -86,6 +86,26 @@ def _parser() -> argparse.ArgumentParser:
                            help="no operator is watching (cron, a timer): starts and restarts "
                            "spend restart budgets, as the agent service's do")
         s.set_defaults(func=cmd_run, mode=name)
+
+    r = sub.add_parser("run", help="the agent service: keep the host at its playbooks' state")
+    r.add_argument("--config", default=None, metavar="FILE",
+                   help="agent config (default /etc/opsagent/agent.yaml)")
+    r.add_argument("--state-dir", default=None, help="overrides state_dir of the config")
+    r.add_argument("--log-format", choices=("text", "json"), default=None)
+    r.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    r.set_defaults(func=cmd_service)
+
+    st = sub.add_parser("status", help="what the agent service enforces, results, budgets")
+    st.add_argument("--config", default=None, metavar="FILE")
+    st.add_argument("--state-dir", default=None)
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=cmd_status)
+
+    rs = sub.add_parser("reset", help="give resources their restart budget back and retry now")
+    rs.add_argument("resources", nargs="+", metavar="KIND:NAME")
+    rs.add_argument("--config", default=None, metavar="FILE")
+    rs.add_argument("--state-dir", default=None)
+    rs.set_defaults(func=cmd_reset)
     return p
 
 
@@ -209,3 +229,69 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _agent_config(args: argparse.Namespace) -> Any:
+    from agent.service.config import DEFAULT_CONFIG, AgentConfig, load_config
+
+    overrides: dict[str, Any] = {}
+    if getattr(args, "state_dir", None):
+        overrides["state_dir"] = os.path.abspath(args.state_dir)
+    if getattr(args, "log_format", None):
+        overrides["log_format"] = args.log_format
+    path = args.config or DEFAULT_CONFIG
+    if args.config is None and not os.path.exists(path):
+        if args.func is cmd_service:
+            raise UsageError(f"no agent config at {path} (give --config FILE)")
+        return AgentConfig.model_validate(
+            {"state_dir": _state_dir(getattr(args, "state_dir", None))})
+    return load_config(path, overrides)
+
+
+def cmd_service(args: argparse.Namespace) -> int:
+    cfg = _agent_config(args)
+    from agent.service import logs
+
+    logs.setup(cfg.log_format, "debug" if args.verbose else cfg.log_level)
+    from agent.service.daemon import Agent
+    from agent.service.lock import AlreadyRunning
+
+    try:
+        return Agent(cfg, args.config).run()
+    except AlreadyRunning as e:
+        print(f"opsagent: {e}", file=sys.stderr)
+        return EXIT_INPUT
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    cfg = _agent_config(args)
+    from agent.service.report_status import gather, render
+
+    doc = gather(cfg.state_dir)
+    if args.json:
+        print(json.dumps(doc, indent=2, default=str))
+    else:
+        print(render(doc))
+    return EXIT_OK if doc["running"] else EXIT_FAILED
+
+
+def cmd_reset(args: argparse.Namespace) -> int:
+    import signal
+
+    cfg = _agent_config(args)
+    from agent.providers._budget import BudgetStore
+    from agent.service.lock import holder
+
+    for ref in args.resources:
+        kind, sep, name = ref.partition(":")
+        if not sep or not kind or not name:
+            raise UsageError(f"{ref!r} is not KIND:NAME (e.g. services:nginx)")
+    store = BudgetStore(cfg.state_dir)
+    for ref in args.resources:
+        store.reset(ref)
+        print(f"{ref}: restart budget reset")
+    pid = holder(cfg.state_dir)
+    if pid:
+        os.kill(pid, signal.SIGUSR1)  # the agent reconciles at once, budgets full again
+        print(f"asked the agent (pid {pid}) to reconcile now")
+    return EXIT_OK

@@ -28,6 +28,9 @@ CREATE TABLE IF NOT EXISTS alerts (
 """
 
 
+_ready: set[tuple[str, int]] = set()  # (path, inode) whose schema this process has ensured
+
+
 def path_of(state_dir: str) -> str:
     return os.path.join(state_dir, DB_NAME)
 
@@ -52,7 +55,10 @@ def connect(state_dir: str, *, create: bool = True) -> Iterator[sqlite3.Connecti
             os.chmod(path, 0o600)
             conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")  # WAL: durable across a crash of the agent
-        conn.executescript(_SCHEMA)
+        ident = (path, os.stat(path).st_ino)
+        if ident not in _ready:
+            conn.executescript(_SCHEMA)
+            _ready.add(ident)
         yield conn
     except (OSError, sqlite3.Error) as e:
         raise ProviderError(f"state database {path}: {e}") from e

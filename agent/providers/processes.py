@@ -164,7 +164,7 @@ def _scan(match: ProcessMatch) -> _Scan:
     protected = _protected_pids()
     found: list[tuple[psutil.Process, ProcessInfo]] = []
     pidfile_alive = False
-    for proc in psutil.process_iter(_ATTRS):
+    for proc in _candidates(pidfile_pid):
         info = proc.info
         if info["status"] in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
             continue
@@ -183,6 +183,18 @@ def _scan(match: ProcessMatch) -> _Scan:
         elif not pidfile_alive:
             note = f"pid {pidfile_pid} in {match.pidfile} is not running"
     return _Scan(sorted(found, key=lambda f: f[1].pid), note)
+
+
+def _candidates(pid: int | None) -> list[psutil.Process]:
+    """Every process, or only the pidfile's (one /proc lookup instead of a full scan)."""
+    if pid is None:
+        return list(psutil.process_iter(_ATTRS))
+    try:
+        proc = psutil.Process(pid)
+        proc.info = proc.as_dict(_ATTRS)
+    except psutil.Error:  # gone, or a zombie psutil cannot read: no match
+        return []
+    return [proc]
 
 
 def _matches(match: ProcessMatch, info: dict[str, object]) -> bool:
