@@ -227,9 +227,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
 
 def _agent_config(args: argparse.Namespace) -> Any:
     from agent.service.config import DEFAULT_CONFIG, AgentConfig, load_config
@@ -295,3 +292,7 @@ def cmd_reset(args: argparse.Namespace) -> int:
         os.kill(pid, signal.SIGUSR1)  # the agent reconciles at once, budgets full again
         print(f"asked the agent (pid {pid}) to reconcile now")
     return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -54,6 +54,7 @@ log = logging.getLogger("opsagent.service")
 
 FILE_SETTLE_S = 0.05  # editors write in steps: let a burst of file events settle first
 RELOAD_MIN_GAP_S = 2.0  # a directory source is re-read at most this often on its own
+RETRY_FIRST_S = 0.5  # first retry of a failed resource; doubles up to the interval
 _KINDS_WITH_BUDGET = ("processes", "services", "containers")
 
 
@@ -92,6 +93,7 @@ class Agent:
         self.container_watcher: Any = None
         self.results: dict[str, dict[str, Any]] = {}
         self.exhausted: set[str] = set()
+        self.failures: dict[str, int] = {}  # ref -> consecutive failed reconciles
         self.started_at = time.time()
         self.next_full = 0.0
         self.next_pull = 0.0
@@ -260,9 +262,11 @@ class Agent:
         self._run_all(None)
         self.last_full = time.time()
         self.next_full = time.monotonic() + self.cfg.reconcile_interval
+        self._write_status()
 
     def _reconcile(self, refs: list[str]) -> None:
         self._run_all(set(refs))
+        self._write_status()
 
     def _run_all(self, only: set[str] | None) -> None:
         if self.revision is None:
@@ -276,7 +280,6 @@ class Agent:
                 continue
             run = self._run_playbook(pb, mine)
             self._after_run(pb, run)
-        self._write_status()
 
     def _run_playbook(self, pb: LoadedPlaybook, only: set[str] | None) -> RunResult:
         self.engine.ctx = ProviderContext(
@@ -295,6 +298,10 @@ class Agent:
         specs = {f"{k}:{s.name}": (k, s) for k in RESOURCE_KINDS for s in getattr(pb.model, k)}
         now = time.time()
         for r in run.results:
+            if r.status != "failed":
+                self.failures.pop(r.ref, None)
+            elif r.kind not in _KINDS_WITH_BUDGET and r.ref in specs:
+                self._schedule(r.ref, time.monotonic() + self._retry_delay(r), "retrying")
             prev = self.results.get(r.ref, {})
             self.results[r.ref] = {
                 "playbook": pb.model.name, "status": r.status, "message": r.message,
@@ -306,6 +313,13 @@ class Agent:
                 self._watch(kind, spec, r)
                 self._budget_follow_up(kind, spec, r)
 
+    def _retry_delay(self, r: ResourceResult) -> float:
+        """A failed resource is tried again soon, then less and less often (0.5 s doubling,
+        at most the reconcile interval); only automatic starts and restarts spend budget."""
+        n = self.failures.get(r.ref, 0) + 1
+        self.failures[r.ref] = n
+        return float(min(self.cfg.reconcile_interval, RETRY_FIRST_S * 2 ** (n - 1)))
+
     def _budget_follow_up(self, kind: str, spec: Any, r: ResourceResult) -> None:
         """Alert once when a budget runs out; come back when its backoff or window ends."""
         if kind not in _KINDS_WITH_BUDGET:
@@ -316,6 +330,7 @@ class Agent:
         if r.status != "failed":
             self.exhausted.discard(r.ref)
             return
+        retry = self._retry_delay(r)
         try:
             attempts = BudgetStore(self.cfg.state_dir).attempts(r.ref)
         except OpsAgentError as e:
@@ -338,8 +353,9 @@ class Agent:
             if wait is not None:
                 self._schedule(r.ref, time.monotonic() + max(wait, 0.0) + 0.01,
                                "restart budget window passed")
-        elif not verdict.allowed:
-            self._schedule(r.ref, time.monotonic() + verdict.wait_s + 0.01, "backoff over")
+        else:
+            self._schedule(r.ref, time.monotonic() + max(verdict.wait_s + 0.01, retry),
+                           "retrying after a failure")
 
     # --- what to listen to --------------------------------------------------------------
 

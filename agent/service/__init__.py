@@ -1,0 +1,1 @@
+"""The agent service (`opsagent run`) and what it needs: config, sources, events."""
