@@ -195,3 +195,50 @@ processes:
     bad = by_name(result)["bad"]
     assert bad.status == "failed"
     assert [c.field for c in bad.changes] == ["state"]
+
+
+def test_a_handler_owed_by_an_interrupted_run_is_replayed_by_the_next(tmp_path, marker):
+    from agent.engine import Engine
+    from agent.pending import PendingHandlers
+
+    loaded = handler_playbook(tmp_path, marker, "hello")
+    run_playbook(loaded, "apply", ctx_for(loaded))
+    [pid1] = pids(marker)
+
+    # The config changes, then the run is cut short (SIGTERM, a crash) before the handler.
+    changed = handler_playbook(tmp_path, marker, "bonjour")
+    asked = []
+    engine = Engine(ctx_for(changed), should_stop=lambda: len(asked.append(1) or asked) > 1)
+    cut = engine.run(changed, "apply")
+    assert by_name(cut)[f"{tmp_path}/worker.conf"].status == "changed"
+    assert by_name(cut)["worker"].status == "skipped"
+    assert pids(marker) == [pid1]  # not restarted yet
+    store = PendingHandlers(ctx_for(changed).state_dir)
+    assert store.owed("handlers") == {"processes:worker": [f"files:{tmp_path}/worker.conf"]}
+
+    # A dry run shows what is owed and leaves it owed.
+    check = run_playbook(changed, "check", ctx_for(changed))
+    assert [c.field for c in by_name(check)["worker"].changes] == ["restart"]
+    assert store.owed("handlers")
+
+    # The next real run finds nothing new to change, and still restarts the worker.
+    again = run_playbook(changed, "apply", ctx_for(changed))
+    w = by_name(again)["worker"]
+    assert w.status == "changed", w.message
+    assert "(owed by an earlier run)" in w.changes[-1].reason
+    [pid2] = pids(marker)
+    assert pid2 != pid1
+    assert store.owed("handlers") == {}
+    assert by_name(run_playbook(changed, "apply", ctx_for(changed)))["worker"].status == "ok"
+
+
+def test_a_targeted_run_reconciles_only_the_named_resources(tmp_path):
+    loaded = load(tmp_path, f"""\
+name: t
+files:
+  - {{path: {tmp_path}/a, content: "a"}}
+  - {{path: {tmp_path}/b, content: "b"}}
+""")
+    result = run_playbook(loaded, "apply", ctx_for(loaded), only={f"files:{tmp_path}/b"})
+    assert [r.name for r in result.results] == [f"{tmp_path}/b"]
+    assert (tmp_path / "b").exists() and not (tmp_path / "a").exists()

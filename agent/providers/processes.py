@@ -23,7 +23,7 @@ from agent.playbook.types import format_duration
 from agent.providers import _budget, _spawn
 from agent.providers.base import RESTART, Change, Outcome, ProviderContext
 
-_ATTRS = ["pid", "name", "cmdline", "username", "status", "create_time"]
+_ATTRS = ["pid", "name", "cmdline", "status", "create_time"]  # + username when matched on
 _POLL_S = 0.03  # between looks for the started process: fast to notice, no busy loop
 _SETTLE_S = 0.25  # a start counts once its process has lived this long
 _CMD_MAX = 160
@@ -135,8 +135,26 @@ def _observed(scan: _Scan) -> ProcessObserved:
 
 def _protected_pids() -> set[int]:
     """Processes the agent must never match nor signal: init, itself and its ancestors."""
+    global _protected_cache
+    now = time.monotonic()
+    pid, ppid = os.getpid(), os.getppid()
+    cached = _protected_cache
+    if cached is not None and cached[0] == (pid, ppid) and now - cached[1] < 1.0:
+        return cached[2]
     me = psutil.Process()
-    return {0, 1, me.pid} | {p.pid for p in me.parents()}
+    protected = {0, 1, me.pid} | {p.pid for p in me.parents()}
+    _protected_cache = ((pid, ppid), now, protected)
+    return protected
+
+
+_protected_cache: tuple[tuple[int, int], float, set[int]] | None = None
+
+
+def _owner(proc: psutil.Process) -> str:
+    try:
+        return proc.username()
+    except psutil.Error:
+        return "an unknown user"
 
 
 def _read_pidfile(path: str) -> tuple[int | None, str | None]:
@@ -164,7 +182,8 @@ def _scan(match: ProcessMatch) -> _Scan:
     protected = _protected_pids()
     found: list[tuple[psutil.Process, ProcessInfo]] = []
     pidfile_alive = False
-    for proc in _candidates(pidfile_pid):
+    attrs = _ATTRS + ["username"] if match.user is not None else _ATTRS
+    for proc in _candidates(pidfile_pid, attrs):
         info = proc.info
         if info["status"] in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
             continue
@@ -176,7 +195,7 @@ def _scan(match: ProcessMatch) -> _Scan:
             continue
         found.append((proc, ProcessInfo(
             pid=info["pid"], name=info["name"] or "", cmdline=tuple(info["cmdline"] or ()),
-            username=info["username"], create_time=info["create_time"] or 0.0)))
+            username=info.get("username"), create_time=info["create_time"] or 0.0)))
     if pidfile_pid is not None:
         if pidfile_pid in protected:
             note = f"pid {pidfile_pid} in {match.pidfile} is the agent or one of its parents"
@@ -185,13 +204,13 @@ def _scan(match: ProcessMatch) -> _Scan:
     return _Scan(sorted(found, key=lambda f: f[1].pid), note)
 
 
-def _candidates(pid: int | None) -> list[psutil.Process]:
+def _candidates(pid: int | None, attrs: list[str]) -> list[psutil.Process]:
     """Every process, or only the pidfile's (one /proc lookup instead of a full scan)."""
     if pid is None:
-        return list(psutil.process_iter(_ATTRS))
+        return list(psutil.process_iter(attrs))
     try:
         proc = psutil.Process(pid)
-        proc.info = proc.as_dict(_ATTRS)
+        proc.info = proc.as_dict(attrs)
     except psutil.Error:  # gone, or a zombie psutil cannot read: no match
         return []
     return [proc]
@@ -348,5 +367,5 @@ def _send(proc: psutil.Process, info: ProcessInfo, sig: signal.Signals) -> bool:
         return False
     except (psutil.AccessDenied, PermissionError) as e:
         raise ProviderError(f"permission denied signalling pid {info.pid} "
-                            f"(owned by {info.username or 'an unknown user'})") from e
+                            f"(owned by {_owner(proc)})") from e
     return True

@@ -108,6 +108,7 @@ class Agent:
     # --- life cycle ---------------------------------------------------------------------
 
     def run(self) -> int:
+        _malloc_tune()
         self.lock.acquire()
         try:
             self._install_signals()
@@ -263,6 +264,7 @@ class Agent:
         self.last_full = time.time()
         self.next_full = time.monotonic() + self.cfg.reconcile_interval
         self._write_status()
+        _malloc_trim()  # an idle agent gives back what a reconcile needed for a moment
 
     def _reconcile(self, refs: list[str]) -> None:
         self._run_all(set(refs))
@@ -565,6 +567,24 @@ class Agent:
 
 def _refs_of(pb: LoadedPlaybook) -> set[str]:
     return {f"{k}:{s.name}" for k in RESOURCE_KINDS for s in getattr(pb.model, k)}
+
+
+def _libc() -> Any:
+    import ctypes
+
+    return ctypes.CDLL(None)
+
+
+def _malloc_tune() -> None:
+    """One malloc arena for all threads (glibc's M_ARENA_MAX): the worker threads' short
+    allocations then reuse the main heap instead of keeping a resident arena each."""
+    with contextlib.suppress(Exception):
+        _libc().mallopt(-8, 1)
+
+
+def _malloc_trim() -> None:
+    with contextlib.suppress(Exception):
+        _libc().malloc_trim(0)
 
 
 def _rss() -> int:

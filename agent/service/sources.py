@@ -61,7 +61,8 @@ def load_tree(paths: list[str], variables: dict[str, Any], revision: str) -> Rev
     if not files:
         raise RevisionRejected(revision, "no playbooks (*.yaml, *.yml) under "
                                + ", ".join(paths))
-    loaded, errors = [], []
+    loaded: list[LoadedPlaybook] = []
+    errors: list[str] = []
     for path in files:
         try:
             loaded.append(load_playbook(path, variables, schema_check=False))
@@ -124,7 +125,8 @@ class GitRepoSource:
         from agent.service.git_source import SourceError
 
         try:
-            return "git:" + self.git.fetch()
+            sha: str = self.git.fetch()
+            return "git:" + sha
         except SourceError as e:
             raise RevisionRejected("git:?", str(e)) from e
 

@@ -10,7 +10,8 @@ from agent.playbook.types import Duration
 class Spec(BaseModel):
     """Base of every declaration: unknown fields are refused, instances are frozen."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, strict=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, strict=True,
+                              defer_build=True)
 
 
 class RestartBudget(Spec):
