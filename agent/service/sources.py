@@ -37,7 +37,10 @@ class RevisionRejected(Exception):
     def __init__(self, revision: str, message: str) -> None:
         self.revision = revision
         self.message = message
-        super().__init__(f"revision {revision}: {message}")
+        super().__init__(revision, message)
+
+    def __str__(self) -> str:
+        return f"revision {self.revision}: {self.message}"
 
 
 def expand(paths: list[str]) -> list[str]:
@@ -54,6 +57,13 @@ def expand(paths: list[str]) -> list[str]:
 
 
 def load_tree(paths: list[str], variables: dict[str, Any], revision: str) -> Revision:
+    """Every playbook under ``paths``, loaded in a child process (``loadchild``)."""
+    from agent.service.loadchild import load_tree_in_child
+
+    return load_tree_in_child(paths, variables, revision)
+
+
+def load_tree_here(paths: list[str], variables: dict[str, Any], revision: str) -> Revision:
     """Every playbook under ``paths``; RevisionRejected with all errors if any is bad."""
     from agent.playbook import load_playbook
 
