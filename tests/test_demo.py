@@ -87,3 +87,26 @@ def test_demo_converges_repairs_and_restarts_its_worker(sandbox):
     assert stop.returncode == 0, stop.stdout
     assert opsagent(sandbox, "plan", "-e", "greeting=bonjour",
                     "-e", "worker_state=absent").returncode == 0
+
+
+def test_the_readme_first_command_runs_the_service_on_the_demo(tmp_path):
+    box = tmp_path / "demo"
+    try:
+        p = subprocess.run(["bash", str(ROOT / "scripts" / "demo.sh")], capture_output=True,
+                           text=True, timeout=300,
+                           env=dict(os.environ, OPSAGENT_DEMO_DIR=str(box)))
+        assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+        out = p.stdout
+        assert "agent: running (pid " in out
+        assert "processes:demo-worker: changed state; now running" in out  # after kill -9
+        assert "etc/secret.env: changed mode" in out  # inotify repair
+        assert "processes:demo-worker: changed restart" in out  # the handler
+        assert "agent stopped" in out
+        assert (box / "etc" / "secret.env").stat().st_mode & 0o777 == 0o600
+        assert worker_pid(box)  # left running on purpose
+    finally:
+        opsagent(box, "apply", "-e", "worker_state=absent", "--state-dir",
+                 f"{box}.agent/state")
+        for proc in psutil.process_iter(["cmdline"]):
+            if f"{box}/etc/demo.conf" in " ".join(proc.info["cmdline"] or []):
+                proc.kill()
