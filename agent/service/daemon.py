@@ -54,6 +54,7 @@ log = logging.getLogger("opsagent.service")
 
 FILE_SETTLE_S = 0.05  # editors write in steps: let a burst of file events settle first
 RELOAD_MIN_GAP_S = 2.0  # a directory source is re-read at most this often on its own
+WATCH_SETTLE_S = 0.5  # a resource first watched is observed once more after this
 RETRY_FIRST_S = 0.5  # first retry of a failed resource; doubles up to the interval
 _KINDS_WITH_BUDGET = ("processes", "services", "containers")
 
@@ -87,6 +88,7 @@ class Agent:
         self.reload_asked = False
         self.full_asked = False
         self.due: dict[str, float] = {}  # ref -> monotonic time of its targeted reconcile
+        self.why: dict[str, str] = {}  # ref -> the event that scheduled it, for the log
         self.watched = _Watched()
         self.inotify: Inotify | None = None
         self.unit_watcher: Any = None
@@ -100,6 +102,7 @@ class Agent:
         self.next_beat = 0.0
         self.last_full: float | None = None
         self.reloading: threading.Thread | None = None
+        self.reload_told = False  # RELOADING=1 sent, READY=1 owed
         self.baseline_rss: int | None = None
         self.engine = Engine(ProviderContext(host=cfg.host, variables={}, base_dir="/",
                                              state_dir=cfg.state_dir, automatic=True),
@@ -243,6 +246,7 @@ class Agent:
     def _schedule(self, ref: str, at: float, why: str) -> None:
         log.debug("%s: %s", ref, why)
         self.due[ref] = min(at, self.due.get(ref, at))
+        self.why.setdefault(ref, why)
 
     def _between_resources(self) -> bool:
         self._beat()
@@ -260,6 +264,7 @@ class Agent:
         if not isinstance(self.source, GitRepoSource):
             self._start_reload(forced=False)  # a directory edit is picked up here
         self.due.clear()
+        self.why.clear()
         self._run_all(None)
         self.last_full = time.time()
         self.next_full = time.monotonic() + self.cfg.reconcile_interval
@@ -289,11 +294,13 @@ class Agent:
             state_dir=self.cfg.state_dir, automatic=True)
         run = self.engine.run(pb, "apply", only)
         for r in run.results:
+            why = self.why.pop(r.ref, None) if only is not None else "full reconcile"
+            extra = {"ref": r.ref, "status": r.status, "trigger": why}
+            after = f" (after: {why})" if why and only is not None else ""
             if r.status == "changed":
-                log.info("%s: %s", r.ref, r.message, extra={"ref": r.ref, "status": r.status})
+                log.info("%s: %s%s", r.ref, r.message, after, extra=extra)
             elif r.status == "failed":
-                log.warning("%s: failed: %s", r.ref, r.message,
-                            extra={"ref": r.ref, "status": r.status})
+                log.warning("%s: failed: %s%s", r.ref, r.message, after, extra=extra)
         return run
 
     def _after_run(self, pb: LoadedPlaybook, run: RunResult) -> None:
@@ -373,9 +380,12 @@ class Agent:
             if spec.unit not in self.watched.units:
                 self.watched.units[spec.unit] = ref
                 self._unit_watcher().watch(set(self.watched.units))
+                # a change between the observation and the subscription would be missed
+                self._schedule(ref, time.monotonic() + WATCH_SETTLE_S, "now watched")
         elif kind == "containers" and spec.name not in self.watched.containers:
             self.watched.containers[spec.name] = ref
             self._container_watcher().watch(set(self.watched.containers))
+            self._schedule(ref, time.monotonic() + WATCH_SETTLE_S, "now watched")
 
     def _watch_pids(self, ref: str, pids: set[int]) -> None:
         have = self.watched.pids.setdefault(ref, {})
@@ -455,7 +465,8 @@ class Agent:
             if self.rejected is not None and latest == self.rejected["revision"]:
                 return
         if forced:
-            self.notifier.reloading()
+            self.notifier.reloading()  # systemd waits for READY=1 again (see _adopt)
+            self.reload_told = True
             log.info("reloading playbooks (SIGHUP)")
 
         def job() -> None:
@@ -477,6 +488,9 @@ class Agent:
         self.reloading.start()
 
     def _adopt(self, new: Revision | RevisionRejected | None) -> None:
+        if self.reload_told:  # the reload systemd was told about is over, whatever came of it
+            self.reload_told = False
+            self.notifier.send("READY=1")
         if new is None:
             self.notifier.status(self._status_line())
             return

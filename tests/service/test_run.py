@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -216,3 +217,34 @@ def test_a_bad_agent_config_is_refused_with_a_located_error(tmp_path):
     assert out.returncode == 2
     assert f"{cfg}:2:21: reconcile_interval: " in out.stderr
     assert not (tmp_path / "s").exists()
+
+
+def test_a_killed_container_is_started_again_from_its_docker_event(tmp_path, agents,
+                                                                   docker_client, busybox_image):
+    name = f"opsagent-svc-{uuid.uuid4().hex[:8]}"
+    playbook(tmp_path, f"""\
+        name: ct
+        containers:
+          - name: {name}
+            image: '{busybox_image}'
+            command: [sleep, '100000']
+            restart: {{max: 5, within: 1m, backoff: 0s}}
+        """)
+    agent = AgentProc(tmp_path)
+    agents.append(agent)
+    try:
+        agent.start()
+        c = docker_client.containers.get(name)
+        assert c.status == "running"
+        started = c.attrs["State"]["StartedAt"]
+        time.sleep(0.6)  # past the first look after subscribing
+        c.kill()
+        t0 = time.monotonic()
+        wait_for(lambda: (x := docker_client.containers.get(name)).status == "running"
+                 and x.attrs["State"]["StartedAt"] != started, 15, "the container to run again")
+        assert time.monotonic() - t0 < 10  # the event, not the 60 s full reconcile
+        assert f"container {name} changed" in agent.log_text()
+        assert agent.stop() == 0
+    finally:
+        with contextlib.suppress(Exception):
+            docker_client.containers.get(name).remove(force=True)

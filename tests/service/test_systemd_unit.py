@@ -23,6 +23,13 @@ processes:
     start: [/usr/bin/python3, -c, "import time; time.sleep(10**6)", napper-under-unit]
     pidfile: /run/napper.pid
     restart: {max: 10, within: 1m, backoff: 0s}
+services:
+  - name: w1
+    state: running
+    unit_file: |
+      [Service]
+      ExecStart=/bin/sleep 100000
+    restart: {max: 10, within: 1m, backoff: 0s}
 """
 
 
@@ -44,6 +51,10 @@ def wait(host, pred, timeout=20.0, what="condition"):
     raise AssertionError(f"timed out waiting for {what} (last: {last!r}); journal:\n{logs}")
 
 
+def show_unit(host, unit: str, prop: str) -> str:
+    return host.exec(["systemctl", "show", unit, f"--property={prop}", "--value"]).output.strip()
+
+
 def napper_pid(host) -> int:
     text = host.exec(["cat", "/run/napper.pid"]).output.strip()
     return int(text) if text.isdigit() else 0
@@ -62,6 +73,7 @@ def unit_host(testhost):
     yield testhost
     testhost.exec(["systemctl", "stop", "opsagent"])
     testhost.exec(["pkill", "-f", "napper-under-unit"])
+    testhost.exec(["systemctl", "stop", "w1"])
 
 
 def test_the_unit_reaches_ready_reports_status_and_enforces(unit_host):
@@ -70,7 +82,7 @@ def test_the_unit_reaches_ready_reports_status_and_enforces(unit_host):
     assert res.exit_code == 0, res.output
     props = show(host, "ActiveState", "SubState", "StatusText", "MainPID", "WatchdogUSec")
     assert props["ActiveState"] == "active" and props["SubState"] == "running"
-    assert props["StatusText"].startswith("enforcing dir:") and "2 resources" in props[
+    assert props["StatusText"].startswith("enforcing dir:") and "3 resources" in props[
         "StatusText"]
     assert props["WatchdogUSec"] in ("30s", "30000000")
     wait(host, lambda: host.exec(["cat", "/var/tmp/unit-demo.conf"]).output == "managed\n",
@@ -80,6 +92,20 @@ def test_the_unit_reaches_ready_reports_status_and_enforces(unit_host):
     wait(host, lambda: napper_pid(host) not in (0, first)
          and host.exec(["kill", "-0", str(napper_pid(host))]).exit_code == 0,
          what="a restart of the killed process")
+    # a unit killed behind the agent's back: the D-Bus signal wakes it, it starts the unit
+    wait(host, lambda: host.exec(["systemctl", "is-active", "w1"]).output.strip() == "active",
+         what="w1 started by the agent")
+    before_kill = show_unit(host, "w1", "ExecMainStartTimestampMonotonic")
+    host.exec(["systemctl", "kill", "-s", "KILL", "w1"])
+    t0 = time.monotonic()
+    wait(host, lambda: host.exec(["systemctl", "is-active", "w1"]).output.strip() == "active"
+         and show_unit(host, "w1", "ExecMainStartTimestampMonotonic") != before_kill,
+         what="w1 started again")
+    assert time.monotonic() - t0 < 10  # the event, not the 60 s full reconcile
+    wait(host, lambda: "(after: unit w1.service changed state)" in host.exec(
+        ["journalctl", "-u", "opsagent", "--no-pager", "-o", "cat"]).output,
+         what="the D-Bus event in the agent's log")
+
     status = host.opsagent("status")
     assert status.exit_code == 0, status.output
     assert f"agent: running (pid {props['MainPID']})" in status.output
