@@ -455,6 +455,8 @@ class Agent:
     def _start_reload(self, *, forced: bool) -> None:
         """Look for a new revision off the loop's thread (a git fetch may take a while)."""
         if self.reloading is not None and self.reloading.is_alive():
+            if forced:
+                self.reload_asked = True  # once the reload under way is over, look again
             return
         if isinstance(self.source, GitRepoSource):
             self.next_pull = time.monotonic() + self.source.interval

@@ -248,3 +248,36 @@ def test_a_killed_container_is_started_again_from_its_docker_event(tmp_path, age
     finally:
         with contextlib.suppress(Exception):
             docker_client.containers.get(name).remove(force=True)
+
+
+def test_above_its_memory_limit_the_agent_restarts_itself_in_place(tmp_path, agents):
+    small = f"""\
+        name: mem
+        files:
+          - {{path: {tmp_path}/big.txt, content: "small\\n"}}
+        """
+    playbook(tmp_path, small)
+    agent = AgentProc(tmp_path, config="""\
+        playbooks: [pb]
+        state_dir: state
+        log_format: json
+        memory_limit: 80MiB
+        """)
+    agents.append(agent)
+    agent.start()
+    started = agent.status()["started_at"]
+    # A new revision holding 60 MB of file content takes the agent above its limit.
+    playbook(tmp_path, small.replace('"small\\n"', "\"{{ 'x' * 60000000 }}\""))
+    agent.signal(signal.SIGHUP)
+    wait_for(lambda: (tmp_path / "big.txt").stat().st_size == 60_000_000, 20, "the big file")
+    wait_for(lambda: (agent.status() or {}).get("started_at", started) != started, 20,
+             "the agent to restart itself")
+    assert agent.proc.poll() is None  # the same process (exec), as systemd's MainPID stays
+    assert agent.status()["pid"] == agent.proc.pid
+    text = agent.log_text()
+    assert "above memory_limit 80 MiB: restarting cleanly" in text
+    # the fresh agent needs that much to hold the revision: it says so instead of looping
+    wait_for(lambda: "below the agent's own start-up size" in agent.log_text(), 20,
+             "the warning of the restarted agent")
+    assert agent.log_text().count("restarting cleanly") == 1
+    assert agent.stop() == 0
