@@ -68,7 +68,8 @@ def write_agent(work, n):
         pid = os.path.join(work, name + ".pid")
         lines += [f"  - name: {name}",
                   f"    match: {{pidfile: {pid}}}",
-                  f"    start: [python3, -c, 'import time; time.sleep(10**9)', {peer.MARK}, {name}]",
+                  "    start: [python3, -c, 'import time; time.sleep(10**9)', "
+                  f"{peer.MARK}, {name}]",
                   f"    pidfile: {pid}",
                   "    cwd: /",
                   "    restart: {max: 100, within: 1m, backoff: 0s}"]
@@ -83,10 +84,10 @@ def write_agent(work, n):
 
 def start_agent(work, n):
     cfg = write_agent(work, n)
-    log = open(os.path.join(work, "agent.log"), "w")
-    p = subprocess.Popen([os.path.join(VENV, "bin", "opsagent"), "run", "--config", cfg],
-                         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                         cwd="/")
+    with open(os.path.join(work, "agent.log"), "w") as log:
+        p = subprocess.Popen([os.path.join(VENV, "bin", "opsagent"), "run", "--config", cfg],
+                             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                             cwd="/")
     names = [f"dummy{i:02d}" for i in range(n)]
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
