@@ -281,3 +281,11 @@ def test_above_its_memory_limit_the_agent_restarts_itself_in_place(tmp_path, age
              "the warning of the restarted agent")
     assert agent.log_text().count("restarting cleanly") == 1
     assert agent.stop() == 0
+
+
+def test_the_shipped_agent_config_is_valid():
+    from agent.service.config import load_config
+
+    cfg = load_config(str(REPO / "packaging" / "agent.yaml"))
+    assert cfg.playbooks == ["/etc/opsagent/playbooks"]
+    assert cfg.reconcile_interval == 60.0 and cfg.memory_limit == 256 * 2**20
