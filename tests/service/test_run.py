@@ -72,7 +72,7 @@ def test_kill_9_of_a_supervised_process_is_answered_by_a_restart(tmp_path, mark,
         t0 = time.monotonic()
         new = wait_for(lambda o=old: (p := read_pid(pidfile)) != o and alive(p) and p, 5,
                        "a replacement process")
-        assert time.monotonic() - t0 < 2  # an event, not the 60 s full reconcile
+        assert time.monotonic() - t0 < 5  # an event, not the 60 s full reconcile
         assert mark in " ".join(psutil.Process(new).cmdline())
     assert f"pid {first} exited" in agent.log_text()
     st = wait_for(lambda: (r := agent.resource("processes:sleeper"))["status"] == "changed"
@@ -201,7 +201,7 @@ def test_a_changed_managed_file_is_repaired_by_its_inotify_event(tmp_path, agent
     target.write_text("port = 8080\n")
     t0 = time.monotonic()
     wait_for(lambda: target.read_text() == "port = 80\n", 5, "the repair")
-    assert time.monotonic() - t0 < 2
+    assert time.monotonic() - t0 < 5  # an event, not the 60 s full reconcile
     os.chmod(target, 0o644)
     wait_for(lambda: os.stat(target).st_mode & 0o777 == 0o600, 5, "the mode repair")
     target.unlink()
