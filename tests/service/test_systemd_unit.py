@@ -4,6 +4,7 @@ agent."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -55,6 +56,14 @@ def show_unit(host, unit: str, prop: str) -> str:
     return host.exec(["systemctl", "show", unit, f"--property={prop}", "--value"]).output.strip()
 
 
+def resource(host, ref: str) -> dict:
+    out = host.opsagent("status", "--json").output
+    try:
+        return json.loads(out)["status"]["resources"].get(ref) or {}
+    except (ValueError, KeyError):
+        return {}
+
+
 def napper_pid(host) -> int:
     text = host.exec(["cat", "/run/napper.pid"]).output.strip()
     return int(text) if text.isdigit() else 0
@@ -88,6 +97,8 @@ def test_the_unit_reaches_ready_reports_status_and_enforces(unit_host):
     wait(host, lambda: host.exec(["cat", "/var/tmp/unit-demo.conf"]).output == "managed\n",
          what="the managed file")
     first = wait(host, lambda: napper_pid(host), what="the supervised process")
+    wait(host, lambda: f"pid {first}" in resource(host, "processes:napper").get("message", ""),
+         what="the agent to have verified its start")  # a kill during that is a failed start
     host.exec(["kill", "-9", str(first)])
     wait(host, lambda: napper_pid(host) not in (0, first)
          and host.exec(["kill", "-0", str(napper_pid(host))]).exit_code == 0,
@@ -95,6 +106,9 @@ def test_the_unit_reaches_ready_reports_status_and_enforces(unit_host):
     # a unit killed behind the agent's back: the D-Bus signal wakes it, it starts the unit
     wait(host, lambda: host.exec(["systemctl", "is-active", "w1"]).output.strip() == "active",
          what="w1 started by the agent")
+    wait(host, lambda: resource(host, "services:w1").get("status") in ("ok", "changed"),
+         what="w1 reconciled")
+    time.sleep(1.5)  # the agent subscribes, then looks once more (WATCH_SETTLE_S)
     before_kill = show_unit(host, "w1", "ExecMainStartTimestampMonotonic")
     host.exec(["systemctl", "kill", "-s", "KILL", "w1"])
     t0 = time.monotonic()
