@@ -22,7 +22,6 @@ if TYPE_CHECKING:
 from agent import __version__
 
 EXIT_OK, EXIT_INTERNAL, EXIT_INPUT, EXIT_DRIFT, EXIT_FAILED = 0, 1, 2, 3, 4
-PLAYBOOK_SUFFIXES = (".yaml", ".yml")
 
 
 class UsageError(Exception):
@@ -139,16 +138,9 @@ def parse_extra_vars(items: Sequence[str]) -> dict[str, Any]:
 
 
 def _expand(paths: Sequence[str]) -> list[str]:
-    files: list[str] = []
-    for path in paths:
-        if os.path.isdir(path):
-            for root, dirs, names in os.walk(path):
-                dirs.sort()
-                files.extend(os.path.join(root, n) for n in sorted(names)
-                             if n.endswith(PLAYBOOK_SUFFIXES))
-        else:
-            files.append(path)
-    return files
+    from agent.playbook import expand_paths
+
+    return expand_paths(list(paths))
 
 
 def _load_all(paths: Sequence[str], extra: dict[str, Any], *, schema_check: bool = False
@@ -254,7 +246,7 @@ def cmd_service(args: argparse.Namespace) -> int:
     from agent.service.lock import AlreadyRunning
 
     try:
-        return Agent(cfg, args.config).run()
+        return Agent(cfg).run()
     except AlreadyRunning as e:
         print(f"opsagent: {e}", file=sys.stderr)
         return EXIT_INPUT

@@ -153,8 +153,7 @@ class Engine:
     def _owe(self, playbook: str, refs: list[str], notifier: str) -> None:
         """Write the notifications down before any handler runs (replayed after a crash)."""
         try:
-            for ref in refs:
-                PendingHandlers(self.ctx.state_dir).add(playbook, ref, [notifier], time.time())
+            PendingHandlers(self.ctx.state_dir).add(playbook, refs, notifier, time.time())
         except OpsAgentError as e:
             log.warning("cannot record the handlers owed by %s: %s", notifier, e)
 

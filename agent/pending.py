@@ -16,13 +16,14 @@ class PendingHandlers:
     def __init__(self, state_dir: str) -> None:
         self._state_dir = state_dir
 
-    def add(self, playbook: str, ref: str, notifiers: list[str], now: float) -> None:
+    def add(self, playbook: str, refs: list[str], notifier: str, now: float) -> None:
+        """``notifier`` changed: each of ``refs`` is owed a restart."""
         with statedb.connect(self._state_dir) as db:
             assert db is not None
             with statedb.transaction(db):
                 db.executemany(
                     "INSERT OR IGNORE INTO pending_handlers (playbook, ref, notifier, at) "
-                    "VALUES (?, ?, ?, ?)", [(playbook, ref, n, now) for n in notifiers])
+                    "VALUES (?, ?, ?, ?)", [(playbook, ref, notifier, now) for ref in refs])
 
     def owed(self, playbook: str) -> dict[str, list[str]]:
         """ref -> the notifiers it is owed for (oldest first); reading never creates state."""

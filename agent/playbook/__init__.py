@@ -16,6 +16,22 @@ from typing import Any
 from agent.errors import Diagnostic, InputError
 from agent.playbook.loader import Document, Path, parse, read_text
 
+PLAYBOOK_SUFFIXES = (".yaml", ".yml")
+
+
+def expand_paths(paths: list[str] | tuple[str, ...]) -> list[str]:
+    """Playbook files named, and the *.yaml/*.yml files under directories (sorted walk)."""
+    files: list[str] = []
+    for path in paths:
+        if os.path.isdir(path):
+            for root, dirs, names in os.walk(path):
+                dirs.sort()
+                files.extend(os.path.join(root, n) for n in sorted(names)
+                             if n.endswith(PLAYBOOK_SUFFIXES))
+        else:
+            files.append(path)
+    return files
+
 
 @dataclass(frozen=True)
 class LoadedPlaybook:
@@ -134,4 +150,4 @@ def _data_path(data: Any, loc: tuple[Any, ...], *, missing: bool) -> Path:
     return tuple(path)
 
 
-__all__ = ["Diagnostic", "InputError", "LoadedPlaybook", "load_playbook"]
+__all__ = ["Diagnostic", "InputError", "LoadedPlaybook", "expand_paths", "load_playbook"]

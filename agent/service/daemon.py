@@ -53,7 +53,6 @@ from agent.service.sources import GitRepoSource, Revision, RevisionRejected, sou
 log = logging.getLogger("opsagent.service")
 
 FILE_SETTLE_S = 0.05  # editors write in steps: let a burst of file events settle first
-RELOAD_MIN_GAP_S = 2.0  # a directory source is re-read at most this often on its own
 WATCH_SETTLE_S = 0.5  # a resource first watched is observed once more after this
 RETRY_FIRST_S = 0.5  # first retry of a failed resource; doubles up to the interval
 _KINDS_WITH_BUDGET = ("processes", "services", "containers")
@@ -71,9 +70,8 @@ class _Watched:
 
 
 class Agent:
-    def __init__(self, cfg: AgentConfig, config_path: str | None = None) -> None:
+    def __init__(self, cfg: AgentConfig) -> None:
         self.cfg = cfg
-        self.config_path = config_path
         self.source = source_of(cfg)
         self.revision: Revision | None = None
         self.rejected: dict[str, Any] | None = None
@@ -118,7 +116,7 @@ class Agent:
             self.sel.register(self._wake_r, selectors.EVENT_READ, "wake")
             self.inotify = Inotify()
             self.sel.register(self.inotify.fd, selectors.EVENT_READ, "inotify")
-            self._load_revision(first=True)
+            self._load_revision()
             ready = self._status_line()
             self.notifier.ready(ready)
             log.info("agent %s started (pid %d, state %s): %s", __version__, os.getpid(),
@@ -184,7 +182,8 @@ class Agent:
                 if refs:
                     for r in refs:
                         del self.due[r]
-                    self._reconcile(refs)
+                    self._run_all(set(refs))
+                    self._write_status()
             if isinstance(self.source, GitRepoSource) and time.monotonic() >= self.next_pull:
                 self._start_reload(forced=False)
             self._beat()
@@ -270,10 +269,6 @@ class Agent:
         self.next_full = time.monotonic() + self.cfg.reconcile_interval
         self._write_status()
         _malloc_trim()  # an idle agent gives back what a reconcile needed for a moment
-
-    def _reconcile(self, refs: list[str]) -> None:
-        self._run_all(set(refs))
-        self._write_status()
 
     def _run_all(self, only: set[str] | None) -> None:
         if self.revision is None:
@@ -442,7 +437,7 @@ class Agent:
 
     # --- playbook revisions -------------------------------------------------------------
 
-    def _load_revision(self, *, first: bool) -> None:
+    def _load_revision(self) -> None:
         """At start-up: load synchronously (nothing to enforce until it is loaded)."""
         try:
             latest = self.source.latest()

@@ -14,10 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.errors import InputError
-from agent.playbook import LoadedPlaybook
+from agent.playbook import LoadedPlaybook, expand_paths
 from agent.service.config import AgentConfig, GitSourceConfig
-
-PLAYBOOK_SUFFIXES = (".yaml", ".yml")
 
 
 @dataclass(frozen=True)
@@ -43,19 +41,6 @@ class RevisionRejected(Exception):
         return f"revision {self.revision}: {self.message}"
 
 
-def expand(paths: list[str]) -> list[str]:
-    files: list[str] = []
-    for path in paths:
-        if os.path.isdir(path):
-            for root, dirs, names in os.walk(path):
-                dirs.sort()
-                files.extend(os.path.join(root, n) for n in sorted(names)
-                             if n.endswith(PLAYBOOK_SUFFIXES))
-        else:
-            files.append(path)
-    return files
-
-
 def load_tree(paths: list[str], variables: dict[str, Any], revision: str) -> Revision:
     """Every playbook under ``paths``, loaded in a child process (``loadchild``)."""
     from agent.service.loadchild import load_tree_in_child
@@ -67,7 +52,7 @@ def load_tree_here(paths: list[str], variables: dict[str, Any], revision: str) -
     """Every playbook under ``paths``; RevisionRejected with all errors if any is bad."""
     from agent.playbook import load_playbook
 
-    files = expand(paths)
+    files = expand_paths(paths)
     if not files:
         raise RevisionRejected(revision, "no playbooks (*.yaml, *.yml) under "
                                + ", ".join(paths))
@@ -92,7 +77,7 @@ def load_tree_here(paths: list[str], variables: dict[str, Any], revision: str) -
 def fingerprint(paths: list[str]) -> str:
     """A hash of the playbook files' names and contents (what a directory revision is)."""
     h = hashlib.sha256()
-    for path in expand(paths):
+    for path in expand_paths(paths):
         h.update(path.encode() + b"\0")
         try:
             with open(path, "rb") as f:

@@ -58,19 +58,6 @@ def repo(tmp_path):
     return r
 
 
-@pytest.fixture
-def mark():
-    import uuid
-
-    import psutil
-
-    word = f"opsagent-git-{uuid.uuid4().hex[:8]}"
-    yield word
-    for p in psutil.process_iter(["cmdline"]):
-        if word in " ".join(p.info["cmdline"] or []):
-            p.kill()
-
-
 def git_agent(tmp_path, repo, extra: str = "") -> AgentProc:
     return AgentProc(tmp_path, config=f"""\
         playbooks:

@@ -20,16 +20,6 @@ from tests.service.agentproc import REPO, AgentProc, alive, read_pid, wait_for
 
 
 @pytest.fixture
-def mark():
-    """A unique word in the command lines of the processes a test starts; killed after it."""
-    word = f"opsagent-test-{uuid.uuid4().hex[:8]}"
-    yield word
-    for p in psutil.process_iter(["cmdline"]):
-        if word in " ".join(p.info["cmdline"] or []):
-            p.kill()
-
-
-@pytest.fixture
 def agents():
     started: list[AgentProc] = []
     yield started
