@@ -518,7 +518,7 @@ class Agent:
         names = ", ".join(pb.model.name for pb in new.playbooks)
         log.info("enforcing revision %s (%s)%s", new.short, names,
                  f", was {old.short}" if old else "", extra={"revision": new.id})
-        self.notifier.status(self._status_line())
+        self._write_status()  # also tells systemd the new STATUS=
         if old is not None:
             self.next_full = time.monotonic()  # enforce the new revision at once
 

@@ -95,7 +95,7 @@ def test_a_bad_commit_is_refused_and_the_previous_revision_is_enforced(tmp_path,
         fixed = commit(repo, {"hosts/web/site.yaml": playbook(tmp_path, mark, "v3")}, "fix")
         agent.signal(signal.SIGHUP)
         wait_for(lambda: conf.read_text() == "v3\n", 15, "the fixed revision")
-        assert agent.status()["revision"] == f"git:{fixed}"
+        wait_for(lambda: agent.status()["revision"] == f"git:{fixed}", 5, "the status")
         assert agent.status()["rejected"] is None
         assert agent.stop() == 0
     finally:
