@@ -18,6 +18,8 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
+from agent.converged import ConvergedSpecs
+from agent.converged import digest as spec_digest
 from agent.errors import OpsAgentError, ProviderError, ProviderTimeout
 from agent.pending import PendingHandlers
 from agent.playbook import LoadedPlaybook
@@ -27,6 +29,7 @@ from agent.providers.base import RESTART, Change, Outcome, Provider, ProviderCon
 
 Mode = Literal["plan", "check", "apply"]
 Status = Literal["ok", "changed", "failed", "skipped"]
+Label = Literal["corrective", "intentional", "would-change", "failed"]
 T = TypeVar("T")
 
 OBSERVE_TIMEOUT = 30.0
@@ -44,6 +47,8 @@ class ResourceResult:
     changes: list[Change] = field(default_factory=list)
     outcomes: list[Outcome] = field(default_factory=list)
     duration_s: float = 0.0
+    # Its spec differs from the one last converged: a change is intentional, not corrective.
+    spec_changed: bool = False
     # The provider's last observation (what the agent service watches: pids, paths, units).
     observed: Any = field(default=None, repr=False, compare=False)
 
@@ -119,6 +124,8 @@ class Engine:
         run = RunResult(loaded, self.ctx.host, mode, time.time())
         pb = loaded.model
         notified: dict[str, list[str]] = {}
+        last_specs = self._converged(pb.name) if mode == "apply" else {}
+        converged: dict[str, str] = {}
         for kind in RESOURCE_KINDS:
             specs = [s for s in getattr(pb, kind) if only is None or f"{kind}:{s.name}" in only]
             if not specs:
@@ -132,6 +139,11 @@ class Engine:
                     continue
                 result = self._reconcile(kind, spec, provider, mode, early.get(id(spec)))
                 run.results.append(result)
+                if mode == "apply":
+                    d = spec_digest(spec)
+                    result.spec_changed = last_specs.get(result.ref) != d
+                    if result.status in ("ok", "changed"):
+                        converged[result.ref] = d
                 if result.status == "changed" and spec.notify:
                     for ref in spec.notify:
                         notified.setdefault(ref, []).append(result.ref)
@@ -148,7 +160,19 @@ class Engine:
         if not self.should_stop():
             self._run_handlers(run, notified, owed)
         run.finished = time.time()
+        if converged:
+            try:
+                ConvergedSpecs(self.ctx.state_dir).record(pb.name, converged, run.finished)
+            except OpsAgentError as e:
+                log.warning("cannot record the converged specs: %s", e)
         return run
+
+    def _converged(self, playbook: str) -> dict[str, str]:
+        try:
+            return ConvergedSpecs(self.ctx.state_dir).digests(playbook)
+        except OpsAgentError as e:
+            log.warning("cannot read the converged specs: %s", e)
+            return {}
 
     def _owe(self, playbook: str, refs: list[str], notifier: str) -> None:
         """Write the notifications down before any handler runs (replayed after a crash)."""
@@ -320,6 +344,14 @@ def _failed(result: ResourceResult) -> bool:
     return result.status == "failed"
 
 
+def _label(mode: Mode, r: ResourceResult) -> Label:
+    if mode != "apply":
+        return "would-change"
+    if r.status == "failed":
+        return "failed"
+    return "intentional" if r.spec_changed else "corrective"
+
+
 def _started(result: ResourceResult) -> bool:
     """Whether the resource was (re)started in this run, after its notifiers were applied."""
     return any(c.field == RESTART or (c.field == "state" and c.after in ("running", "restarted"))
@@ -332,13 +364,13 @@ def run_playbook(loaded: LoadedPlaybook, mode: Mode, ctx: ProviderContext,
 
 
 def report_of(run: RunResult, agent_version: str) -> Any:
-    """The report document (agent.report.document.Report) of a run."""
+    """The report document (agent.report.document.RunReport) of a run."""
     from agent.report.document import (
         ChangeDoc,
         OutcomeDoc,
         PlaybookRef,
-        Report,
         ResultDoc,
+        RunReport,
         Summary,
         utc_iso,
     )
@@ -346,13 +378,14 @@ def report_of(run: RunResult, agent_version: str) -> Any:
     results = [
         ResultDoc(kind=r.kind, name=r.name, status=r.status, message=r.message,
                   changes=[ChangeDoc(field=c.field, before=c.before, after=c.after,
-                                     reason=c.reason) for c in r.changes],
+                                     reason=c.reason, label=_label(run.mode, r))
+                           for c in r.changes],
                   outcomes=[OutcomeDoc(action=o.action, ok=o.ok, message=o.message)
                             for o in r.outcomes],
                   duration_s=round(r.duration_s, 6))
         for r in run.results
     ]
-    return Report(
+    return RunReport(
         host=run.host, mode=run.mode,
         playbook=PlaybookRef(name=run.playbook.model.name, path=run.playbook.path,
                              revision=run.playbook.revision),

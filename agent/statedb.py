@@ -25,6 +25,9 @@ CREATE TABLE IF NOT EXISTS pending_handlers (
 CREATE TABLE IF NOT EXISTS alerts (
     id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, key TEXT NOT NULL,
     severity TEXT NOT NULL, message TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS converged (
+    playbook TEXT NOT NULL, ref TEXT NOT NULL, digest TEXT NOT NULL, at REAL NOT NULL,
+    PRIMARY KEY (playbook, ref));
 """
 
 

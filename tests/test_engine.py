@@ -9,7 +9,7 @@ import uuid
 import psutil
 import pytest
 
-from agent.engine import run_playbook
+from agent.engine import report_of, run_playbook
 from agent.playbook import load_playbook
 from agent.providers import files as files_provider
 from agent.providers.base import ProviderContext
@@ -242,3 +242,25 @@ files:
     result = run_playbook(loaded, "apply", ctx_for(loaded), only={f"files:{tmp_path}/b"})
     assert [r.name for r in result.results] == [f"{tmp_path}/b"]
     assert (tmp_path / "b").exists() and not (tmp_path / "a").exists()
+
+
+def test_changes_are_labelled_intentional_then_corrective_then_would_change(tmp_path):
+    """First apply and a spec edit are intentional; drift repaired on the same spec is
+    corrective; a dry run's changes would-change."""
+    target = tmp_path / "f.txt"
+    pb_path = tmp_path / "pb.yaml"
+
+    def run(content, mode):
+        pb_path.write_text(f"name: labels\nfiles:\n  - path: {target}\n    content: {content}\n")
+        loaded = load_playbook(str(pb_path))
+        ctx = ProviderContext(host="h", variables={}, base_dir=str(tmp_path),
+                              state_dir=str(tmp_path / "state"))
+        doc = report_of(run_playbook(loaded, mode, ctx), "test")
+        return [c.label for r in doc.results for c in r.changes]
+
+    assert set(run("one", "apply")) == {"intentional"}
+    target.write_text("tampered")
+    assert set(run("one", "check")) == {"would-change"}
+    assert set(run("one", "apply")) == {"corrective"}
+    assert run("one", "apply") == []
+    assert set(run("two", "apply")) == {"intentional"}

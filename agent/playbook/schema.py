@@ -24,15 +24,18 @@ _TYPE_NAMES = {"string": "text", "integer": "a whole number", "number": "a numbe
 
 def generate() -> dict[str, dict[str, Any]]:
     """Every schema opsagent publishes, by file name."""
+    from pydantic import TypeAdapter
+
     from agent.playbook.models import Playbook
-    from agent.report.document import Report
+    from agent.report.document import REPORT
     from agent.service.config import AgentConfig
 
     out: dict[str, dict[str, Any]] = {}
     for fname, model, title in (("playbook.schema.json", Playbook, "opsagent playbook"),
-                                ("report.schema.json", Report, "opsagent report"),
+                                ("report.schema.json", REPORT, "opsagent report"),
                                 ("agent.schema.json", AgentConfig, "opsagent agent config")):
-        schema = model.model_json_schema(by_alias=True)
+        schema = (model.json_schema(by_alias=True) if isinstance(model, TypeAdapter)
+                  else model.model_json_schema(by_alias=True))
         schema = {"$schema": "https://json-schema.org/draft/2020-12/schema",
                   "$id": f"https://opsagent.dev/schemas/{fname}", "title": title, **schema}
         out[fname] = schema

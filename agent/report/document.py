@@ -1,4 +1,13 @@
-"""The report document (versioned) and how an engine run becomes one.
+"""The report documents (versioned) the agent sends and the collector stores.
+
+Four types, one schema (schemas/report.schema.json, discriminated by ``type``):
+
+* ``run`` — one run of one playbook on one host: each resource's status, and each change
+  labelled ``corrective`` (drift repaired), ``intentional`` (the playbook changed),
+  ``would-change`` (a dry run) or ``failed``;
+* ``alert`` — an alert event (a restart budget ran out, a playbook revision was refused);
+* ``revision`` — the agent started enforcing another playbook revision;
+* ``dropped`` — the outbox was over its cap and dropped reports: what, and how many.
 
 A report never contains file content or secrets: content changes are reported by digest.
 """
@@ -6,12 +15,17 @@ A report never contains file content or secrets: content changes are reported by
 from __future__ import annotations
 
 import datetime as dt
+import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 Status = Literal["ok", "changed", "failed", "skipped"]
+Label = Literal["corrective", "intentional", "would-change", "failed"]
+Severity = Literal["info", "warning", "critical"]
+
+_NAME = Field(min_length=1, max_length=255)
 
 
 class _Doc(BaseModel):
@@ -23,6 +37,9 @@ class ChangeDoc(_Doc):
     before: Any = Field(None, description="Observed value (digests for content).")
     after: Any = Field(None, description="Desired value.")
     reason: str = Field(description="Why this is a change, in words.")
+    label: Label | None = Field(
+        None, description="corrective: drift repaired; intentional: the playbook changed; "
+        "would-change: a dry run; failed: the change did not take.")
 
 
 class OutcomeDoc(_Doc):
@@ -32,8 +49,8 @@ class OutcomeDoc(_Doc):
 
 
 class ResultDoc(_Doc):
-    kind: str = Field(examples=["files"])
-    name: str = Field(examples=["/etc/app/app.env"])
+    kind: str = Field(examples=["files"], min_length=1, max_length=64)
+    name: str = Field(examples=["/etc/app/app.env"], min_length=1, max_length=4096)
     status: Status
     message: str = Field(description="Why nothing changed, what changed, or what failed.")
     changes: list[ChangeDoc] = Field(default_factory=list)
@@ -48,29 +65,82 @@ class PlaybookRef(_Doc):
 
 
 class Summary(_Doc):
-    ok: int = 0
-    changed: int = 0
-    failed: int = 0
-    skipped: int = 0
+    ok: int = Field(0, ge=0)
+    changed: int = Field(0, ge=0)
+    failed: int = Field(0, ge=0)
+    skipped: int = Field(0, ge=0)
 
 
-class Report(_Doc):
+class _Base(_Doc):
+    schema_version: Literal[1] = 1
+    id: str = Field(default_factory=lambda: str(uuid.uuid4()), min_length=8, max_length=64,
+                    pattern=r"^[A-Za-z0-9_.:-]+$",
+                    description="Unique id; the collector deduplicates by it.")
+    host: str = Field(min_length=1, max_length=253)
+    agent_version: str = Field(max_length=64)
+    created_at: str = Field(default_factory=lambda: utc_iso(time.time()),
+                            description="When the agent wrote the report, ISO 8601 UTC.")
+
+
+class RunReport(_Base):
     """One run of one playbook on one host."""
 
-    schema_version: Literal[1] = 1
-    id: str = Field(default_factory=lambda: str(uuid.uuid4()),
-                    description="Unique id; the collector deduplicates by it.")
     type: Literal["run"] = "run"
-    host: str
     mode: Literal["plan", "check", "apply"] = Field(
         description="plan and check change nothing; apply reconciles.")
     playbook: PlaybookRef
     started_at: str = Field(description="ISO 8601 UTC.")
     finished_at: str = Field(description="ISO 8601 UTC.")
     duration_s: float = Field(ge=0)
-    agent_version: str
     summary: Summary
     results: list[ResultDoc]
+
+    @property
+    def critical(self) -> bool:
+        """Kept over plain all-ok runs when the outbox is over its cap."""
+        return bool(self.summary.changed or self.summary.failed)
+
+
+class AlertDoc(_Doc):
+    key: str = Field(description="What the alert is about: KIND:NAME, or `playbooks`.")
+    severity: Severity
+    message: str
+
+
+class AlertReport(_Base):
+    type: Literal["alert"] = "alert"
+    alert: AlertDoc
+
+
+class RevisionDoc(_Doc):
+    id: str = Field(description="The revision now enforced (git commit or content digest).")
+    previous: str | None = None
+    playbooks: list[str] = Field(default_factory=list)
+
+
+class RevisionReport(_Base):
+    type: Literal["revision"] = "revision"
+    revision: RevisionDoc
+
+
+class DroppedDoc(_Doc):
+    count: int = Field(ge=1, description="How many reports were dropped.")
+    bytes: int = Field(ge=0)
+    oldest: str = Field(description="created_at of the oldest dropped report.")
+    newest: str = Field(description="created_at of the newest dropped report.")
+    by_type: dict[str, int] = Field(default_factory=dict)
+    reason: str
+
+
+class DroppedReport(_Base):
+    type: Literal["dropped"] = "dropped"
+    dropped: DroppedDoc
+
+
+Report = Annotated[RunReport | AlertReport | RevisionReport | DroppedReport,
+                   Field(discriminator="type")]
+REPORT = TypeAdapter(Report)
+REPORTS = TypeAdapter(list[Report])
 
 
 def utc_iso(ts: float) -> str:
