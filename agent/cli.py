@@ -105,6 +105,10 @@ def _parser() -> argparse.ArgumentParser:
     rs.add_argument("--config", default=None, metavar="FILE")
     rs.add_argument("--state-dir", default=None)
     rs.set_defaults(func=cmd_reset)
+
+    from agent.collector.server import add_parser as add_server
+
+    add_server(sub)
     return p
 
 

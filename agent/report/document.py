@@ -19,7 +19,7 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter
 
 Status = Literal["ok", "changed", "failed", "skipped"]
 Label = Literal["corrective", "intentional", "would-change", "failed"]
@@ -101,13 +101,22 @@ class RunReport(_Base):
         return bool(self.summary.changed or self.summary.failed)
 
 
+def _type_required(schema: dict[str, Any]) -> None:
+    """Only ``run`` may leave ``type`` out; the schema says so for the others."""
+    schema.setdefault("required", []).insert(0, "type")
+
+
+class _Typed(_Base):
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_type_required)
+
+
 class AlertDoc(_Doc):
     key: str = Field(description="What the alert is about: KIND:NAME, or `playbooks`.")
     severity: Severity
     message: str
 
 
-class AlertReport(_Base):
+class AlertReport(_Typed):
     type: Literal["alert"] = "alert"
     alert: AlertDoc
 
@@ -118,7 +127,7 @@ class RevisionDoc(_Doc):
     playbooks: list[str] = Field(default_factory=list)
 
 
-class RevisionReport(_Base):
+class RevisionReport(_Typed):
     type: Literal["revision"] = "revision"
     revision: RevisionDoc
 
@@ -132,13 +141,21 @@ class DroppedDoc(_Doc):
     reason: str
 
 
-class DroppedReport(_Base):
+class DroppedReport(_Typed):
     type: Literal["dropped"] = "dropped"
     dropped: DroppedDoc
 
 
-Report = Annotated[RunReport | AlertReport | RevisionReport | DroppedReport,
-                   Field(discriminator="type")]
+def _type_of(value: Any) -> Any:
+    """``type`` defaults to ``run`` (the first report type), in documents and in the schema."""
+    if isinstance(value, dict):
+        return value.get("type", "run")
+    return getattr(value, "type", None)
+
+
+Report = Annotated[Annotated[RunReport, Tag("run")] | Annotated[AlertReport, Tag("alert")]
+                   | Annotated[RevisionReport, Tag("revision")]
+                   | Annotated[DroppedReport, Tag("dropped")], Discriminator(_type_of)]
 REPORT = TypeAdapter(Report)
 REPORTS = TypeAdapter(list[Report])
 
