@@ -121,9 +121,13 @@ class Store:
     def _ingest(self, host: str, batch: Sequence[Report], rows: list[dict[str, Any]],
                 now: float) -> tuple[int, int]:
         with self.engine.begin() as conn:
-            stmt = (self._insert(db.reports).on_conflict_do_nothing(index_elements=["id"])
-                    .returning(db.reports.c.id))
-            new = {r for (r,) in conn.execute(stmt, rows)} if rows else set()
+            if self.dialect == "postgresql":
+                new = set(_pg_bulk(conn, db.reports, rows,
+                                   "ON CONFLICT (id) DO NOTHING RETURNING id").scalars())
+            else:
+                stmt = (self._insert(db.reports).on_conflict_do_nothing(index_elements=["id"])
+                        .returning(db.reports.c.id))
+                new = {r for (r,) in conn.execute(stmt, rows)}
             fresh = [r for r in batch if r.id in new]
             if fresh:
                 self._fan_out(conn, host, fresh, now)
@@ -134,12 +138,12 @@ class Store:
         latest: dict[tuple[str, str], dict[str, Any]] = {}
         alert_rows: list[dict[str, Any]] = []
         revision = None
-        version = fresh[-1].agent_version
-        for r in sorted(fresh, key=lambda r: r.created_at):
+        version = max(fresh, key=lambda r: r.created_at).agent_version
+        for r in sorted(fresh, key=lambda r: r.created_at, reverse=True):  # newest first
             at = epoch(r.created_at)
             if isinstance(r, RunReport):
                 for res in r.results:
-                    if r.mode == "apply":
+                    if r.mode == "apply" and (res.kind, res.name) not in latest:
                         latest[(res.kind, res.name)] = {
                             "host": host, "kind": res.kind, "name": res.name,
                             "playbook": r.playbook.name, "status": res.status,
@@ -152,13 +156,18 @@ class Store:
                 alert_rows.append({"report_id": r.id, "host": host, "key": r.alert.key,
                                    "severity": r.alert.severity, "message": r.alert.message,
                                    "at": at})
-            elif isinstance(r, RevisionReport):
+            elif isinstance(r, RevisionReport) and revision is None:
                 revision = r.revision.id
-        if change_rows:
-            conn.execute(db.changes.insert(), change_rows)
-        if alert_rows:
-            conn.execute(db.alerts.insert(), alert_rows)
-        if latest:
+        if self.dialect == "postgresql":
+            _pg_bulk(conn, db.changes, change_rows)
+            _pg_bulk(conn, db.alerts, alert_rows)
+            _pg_bulk(conn, db.resources, list(latest.values()), _RESOURCE_UPSERT)
+        else:
+            if change_rows:
+                conn.execute(db.changes.insert(), change_rows)
+            if alert_rows:
+                conn.execute(db.alerts.insert(), alert_rows)
+        if latest and self.dialect != "postgresql":
             ins = self._insert(db.resources)
             conn.execute(ins.on_conflict_do_update(
                 index_elements=["host", "kind", "name"],
@@ -270,6 +279,28 @@ class Store:
             return {t.name: int(conn.execute(sa.select(sa.func.count()).select_from(t))
                                 .scalar_one())
                     for t in (db.hosts, db.reports, db.alerts)}
+
+
+_PG_TYPES = {sa.Float: "float8", sa.Integer: "int8", sa.String: "text", sa.Text: "text"}
+_RESOURCE_UPSERT = ("ON CONFLICT (host, kind, name) DO UPDATE SET playbook = excluded.playbook, "
+                    "status = excluded.status, message = excluded.message, at = excluded.at "
+                    "WHERE resources.at <= excluded.at")
+
+
+def _pg_bulk(conn: Connection, table: sa.Table, rows: list[dict[str, Any]],
+             tail: str = "") -> Any:
+    """One INSERT … SELECT FROM unnest(arrays) for many rows: a fixed statement (prepared
+    once) and one round trip, where a multi-row VALUES list is re-parsed every time. Table
+    and column names come from our schema; every value travels as a bound parameter."""
+    if not rows:
+        return None
+    cols = list(rows[0])
+    arrays = {f"c{i}": [r[c] for r in rows] for i, c in enumerate(cols)}
+    casts = ", ".join(f"%(c{i})b::{_PG_TYPES[type(table.c[c].type)]}[]"
+                      for i, c in enumerate(cols))
+    sql = (f"INSERT INTO {table.name} ({', '.join(cols)}) SELECT * FROM unnest({casts}) "
+           + tail)
+    return conn.exec_driver_sql(sql, arrays)
 
 
 def _report_row(r: Report, now: float) -> dict[str, Any]:

@@ -1,0 +1,159 @@
+"""Collector ingest: reports/s and request latency from simulated agents on loopback.
+
+Starts PostgreSQL (its own data directory, Debian's package) and/or a SQLite file, a real
+`opsagent server` on each, and N simulated agents (separate processes) posting gzipped
+batches of realistic run reports with their own host tokens, as fast as the server answers.
+Every report is unique; at the end the stored count is checked against what was sent.
+Prints RESULT lines: reports/s and request latency p50/p99, medians over --runs.
+
+    python3 bench/ingest.py --backends postgresql,sqlite --runs 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import multiprocessing as mp
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.harness.collector import CollectorProc  # noqa: E402
+from tests.harness.reports import run_report  # noqa: E402
+
+
+def bodies_for(host: str, batches: int, batch: int) -> list[bytes]:
+    """Pre-built gzipped batches: 12 resources per run, one with a corrective change."""
+    out = []
+    now = time.time()
+    for b in range(batches):
+        reports = []
+        for i in range(batch):
+            n = b * batch + i
+            results = [("files", f"/etc/app/conf{k}.yaml", "ok", None) for k in range(8)]
+            results += [("services", "nginx", "ok", None), ("containers", "api", "ok", None),
+                        ("processes", "worker", "ok", None),
+                        ("files", "/etc/nginx/nginx.conf", "changed", "corrective")]
+            reports.append(json.loads(run_report(host, results, at=now + n * 0.001
+                                                 ).model_dump_json()))
+        out.append(gzip.compress(json.dumps({"reports": reports}).encode(), 5))
+    return out
+
+
+def agent(url: str, token: str, bodies: list[bytes], interval: float, start: float,
+          q: mp.Queue) -> None:  # type: ignore[type-arg]
+    """Send one batch every ``interval`` seconds from ``start`` (0: back to back). Latency is
+    measured from when the batch was due, so a server falling behind shows in it."""
+    import httpx
+
+    lat = []
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json",
+               "Content-Encoding": "gzip"}
+    with httpx.Client(base_url=url, headers=headers, timeout=30) as client:
+        for k, body in enumerate(bodies):
+            due = start + k * interval
+            now = time.time()
+            if interval and due > now:
+                time.sleep(due - now)
+            t0 = time.perf_counter() - max(0.0, time.time() - due) if interval else \
+                time.perf_counter()
+            r = client.post("/api/v1/reports", content=body)
+            lat.append(time.perf_counter() - t0)
+            if r.status_code != 200:
+                q.put(("error", f"{r.status_code} {r.text[:200]}"))
+                return
+    q.put(("ok", lat))
+
+
+def one_run(db: str, args: argparse.Namespace, log: Path) -> tuple[float, float, float]:
+    server = CollectorProc(db, log, workers=args.workers).start()
+    try:
+        tokens = [server.token(f"bench{i:03d}") for i in range(args.agents)]
+        per_agent = args.reports // args.agents // args.batch
+        work = [bodies_for(f"bench{i:03d}", per_agent, args.batch) for i in range(args.agents)]
+        q: mp.Queue = mp.Queue()  # type: ignore[type-arg]
+        # --rate R: the agents together offer R reports/s, evenly spread; 0: as fast as it goes
+        interval = args.agents * args.batch / args.rate if args.rate else 0.0
+        start = time.time() + 1.0
+        procs = [mp.Process(target=agent, args=(server.url, tokens[i], work[i], interval,
+                                                start + i * interval / args.agents, q))
+                 for i in range(args.agents)]
+        t0 = time.perf_counter()
+        for p in procs:
+            p.start()
+        lats: list[float] = []
+        for _ in procs:
+            kind, value = q.get(timeout=600)
+            if kind == "error":
+                raise SystemExit(f"ingest failed: {value}")
+            lats.extend(value)
+        elapsed = time.perf_counter() - t0 - (1.0 if interval else 0.0)
+        for p in procs:
+            p.join()
+        sent = per_agent * args.batch * args.agents
+        stored = sum(len(server.get(f"/api/v1/hosts/bench{i:03d}/reports?limit=1"))
+                     for i in range(args.agents))
+        if stored != args.agents:
+            raise SystemExit("not every agent's reports were stored")
+        lats.sort()
+        p99 = lats[min(len(lats) - 1, int(len(lats) * 0.99))]
+        return sent / elapsed, statistics.median(lats), p99
+    finally:
+        server.stop()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--backends", default="postgresql,sqlite")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--agents", type=int, default=8, help="simulated agents (processes)")
+    ap.add_argument("--batch", type=int, default=50, help="reports per request")
+    ap.add_argument("--reports", type=int, default=40000, help="reports per run")
+    ap.add_argument("--workers", type=int, default=2, help="collector worker processes")
+    ap.add_argument("--rate", type=float, default=0.0,
+                    help="offered reports/s (0: each agent sends back to back)")
+    args = ap.parse_args()
+    import tempfile
+
+    from tests.harness.postgres import Postgres
+
+    tmp = Path(tempfile.mkdtemp(prefix="opsagent-bench-"))
+    pg = None
+    try:
+        for backend in args.backends.split(","):
+            rates, p50s, p99s = [], [], []
+            for run in range(args.runs):
+                if backend == "postgresql":
+                    pg = pg or Postgres().start()
+                    db = pg.new_database()
+                else:
+                    db = str(tmp / f"run{run}.db")
+                rate, p50, p99 = one_run(db, args, tmp / f"{backend}{run}.log")
+                print(f"# {backend} run {run}: {rate:.0f} reports/s, p50 {p50 * 1000:.1f} ms, "
+                      f"p99 {p99 * 1000:.1f} ms", file=sys.stderr, flush=True)
+                rates.append(rate)
+                p50s.append(p50)
+                p99s.append(p99)
+            common = (f"runs={args.runs} rate={args.rate:g} agents={args.agents} "
+                      f"batch={args.batch} "
+                      f"reports={args.reports} workers={args.workers}")
+            print(f"RESULT scenario=ingest backend={backend} metric=reports_per_s_median "
+                  f"value={statistics.median(rates):.0f} min={min(rates):.0f} "
+                  f"max={max(rates):.0f} {common}")
+            for name, vals in (("request_p50", p50s), ("request_p99", p99s)):
+                print(f"RESULT scenario=ingest backend={backend} metric={name}_median "
+                      f"value={statistics.median(vals) * 1000:.1f} unit=ms "
+                      f"min={min(vals) * 1000:.1f} max={max(vals) * 1000:.1f} {common}")
+    finally:
+        if pg:
+            pg.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
