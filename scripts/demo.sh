@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # The agent's main job on the embedded demo playbook: `opsagent run`, the service, keeping a
-# sandbox directory and a worker process in their desired state. No root, no daemon, no
-# server. It starts the agent, breaks the host the way an operator or a crash would (kill -9
-# the worker, loosen a secret's mode, edit a config), shows the agent repairing each within
-# moments from its events, shows `opsagent status`, and stops the agent gracefully.
+# sandbox directory and a worker process in their desired state, reporting to an embedded
+# collector (`opsagent server` on SQLite, 127.0.0.1). No root, no external server. It starts
+# both, breaks the host the way an operator or a crash would (kill -9 the worker, loosen a
+# secret's mode, edit a config), shows the agent repairing each within moments from its
+# events, shows `opsagent status` and what the collector received, and prints the dashboard
+# URL. On a terminal both keep running until Ctrl-C; otherwise (CI) they are stopped.
 # OPSAGENT_DEMO_DIR picks the sandbox (default /tmp/opsagent-demo); the agent's config,
-# state and log go to "$OPSAGENT_DEMO_DIR.agent".
+# state and log, and the collector's database, go to "$OPSAGENT_DEMO_DIR.agent".
+# OPSAGENT_DEMO_PORT picks the collector's port (default 8080, or a free one if taken).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/_venv.sh
-opsagent_venv ""
+opsagent_venv collector
 repo=$(pwd)
 sandbox="${OPSAGENT_DEMO_DIR:-/tmp/opsagent-demo}"
 home="$sandbox.agent"
@@ -30,6 +33,27 @@ if [ -e "$sandbox" ] || [ -e "$home" ]; then  # start from scratch: stop an earl
     rm -rf -- "$sandbox" "$home"
 fi
 mkdir -p "$home"
+port="${OPSAGENT_DEMO_PORT:-8080}"
+port=$(.venv/bin/python - "$port" <<'PY'
+import socket, sys
+s = socket.socket()
+try:
+    s.bind(("127.0.0.1", int(sys.argv[1])))
+except OSError:
+    s.close(); s = socket.socket(); s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1])
+PY
+)
+url="http://127.0.0.1:$port"
+say "the collector: opsagent server --db $home/collector.db --listen 127.0.0.1:$port"
+"${oa[@]}" server --db "$home/collector.db" --listen "127.0.0.1:$port" 2>"$home/collector.log" &
+collector=$!
+echo "$collector" > "$home/collector.pid"
+trap 'kill "$collector" 2>/dev/null || true' EXIT
+"${oa[@]}" server token add demo-host --db "$home/collector.db" > "$home/token"
+chmod 600 "$home/token"
+echo "token for demo-host written to $home/token (stored hashed by the collector)"
+waitfor 30 "the collector" .venv/bin/python -c "import httpx; httpx.get('$url/healthz').raise_for_status()"
 cat > "$home/agent.yaml" <<YAML
 # yaml-language-server: \$schema=$repo/schemas/agent.schema.json
 host: demo-host
@@ -38,6 +62,7 @@ vars: {sandbox: $sandbox}
 state_dir: $home/state
 reconcile_interval: 60s
 log_format: text
+collector: {url: "$url", token_file: $home/token}
 YAML
 
 run validate playbooks/
@@ -48,7 +73,7 @@ say "the service: opsagent run --config $home/agent.yaml (log: $home/agent.log)"
 "${oa[@]}" run --config "$home/agent.yaml" 2>"$home/agent.log" &
 agent=$!
 echo "$agent" > "$home/agent.pid"
-trap 'kill "$agent" 2>/dev/null || true' EXIT
+trap 'kill "$agent" "$collector" 2>/dev/null || true' EXIT
 pidfile="$sandbox/run/demo-worker.pid"
 waitfor 30 "the first reconcile" grep -q "processes:demo-worker: changed" "$home/agent.log"
 cat "$home/agent.log"
@@ -72,9 +97,37 @@ grep -q 'edited by hand' "$sandbox/etc/demo.conf" && { echo "the config was not 
 tail -n +"$((lines + 1))" "$home/agent.log"
 run status --config "$home/agent.yaml"
 
-say "stop the agent (SIGTERM: it finishes the action in flight and saves its state)"
+say "what the collector received (GET $url/api/v1/hosts/demo-host)"
+waitfor 15 "the reports to arrive" .venv/bin/python - "$url" <<'PY'
+import sys, httpx
+host = httpx.get(sys.argv[1] + "/api/v1/hosts/demo-host").raise_for_status().json()
+sys.exit(0 if host["drift_24h"] >= 2 else 1)
+PY
+.venv/bin/python - "$url" <<'PY'
+import sys, httpx
+base = sys.argv[1]
+host = httpx.get(base + "/api/v1/hosts/demo-host").json()
+print(f"host {host['name']}: {len(host['resources'])} resources, {host['failing']} failing, "
+      f"{host['drift_24h']} drift repairs in 24 h, revision {host['revision']}")
+for t in httpx.get(base + "/api/v1/hosts/demo-host/reports?limit=50").json()[::-1]:
+    if t["type"] == "run" and t["summary"]["changed"]:
+        for r in t["results"]:
+            for c in r["changes"]:
+                print(f"  {t['created_at']}  {r['kind']}:{r['name']}  {c['field']}  {c['label']}")
+PY
+echo
+echo "dashboard: $url/   API: $url/api/v1/hosts   metrics: $url/metrics"
+if [ -t 1 ] && [ -z "${CI:-}" ]; then
+    echo "the agent and the collector keep running; Ctrl-C stops both"
+    trap 'echo; kill -TERM "$agent" "$collector" 2>/dev/null || true; wait || true; exit 0' INT TERM
+    wait "$agent" || true
+fi
+
+say "stop the agent (SIGTERM: it finishes the action in flight, flushes its reports, saves its state)"
 kill -TERM "$agent"
 wait "$agent" || true
+kill -TERM "$collector"
+wait "$collector" || true
 trap - EXIT
 tail -n 1 "$home/agent.log"
 echo

@@ -102,6 +102,9 @@ def test_the_readme_first_command_runs_the_service_on_the_demo(tmp_path):
         assert "etc/secret.env: changed mode" in out  # inotify repair
         assert "processes:demo-worker: changed restart" in out  # the handler
         assert "agent stopped" in out
+        # the embedded collector got the runs, with the repairs labelled corrective
+        assert "host demo-host:" in out and "corrective" in out
+        assert "dashboard: http://127.0.0.1:" in out
         assert (box / "etc" / "secret.env").stat().st_mode & 0o777 == 0o600
         assert worker_pid(box)  # left running on purpose
     finally:

@@ -96,7 +96,7 @@ alerts = sa.Table(
 def _v1(conn: Connection) -> None:
     for table in (tokens, hosts, reports, changes, resources, alerts):
         table.create(conn, checkfirst=True)
-    if conn.dialect.name == "postgresql" and conn.dialect.server_version_info >= (14,):
+    if conn.dialect.name == "postgresql" and (conn.dialect.server_version_info or (0,)) >= (14,):
         # report bodies (2-4 KiB of JSON) are compressed by TOAST: lz4 costs a fraction
         # of the default pglz's CPU
         conn.execute(sa.text("ALTER TABLE reports ALTER COLUMN body SET COMPRESSION lz4"))

@@ -11,7 +11,7 @@ import os
 import socket
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from agent.errors import InputError
 from agent.playbook.models.base import Spec
@@ -51,8 +51,26 @@ class GitSourceConfig(Spec):
 
 
 class CollectorConfig(Spec):
-    url: str = Field(description="Base URL of the collector.", examples=["http://127.0.0.1:8080"])
-    token_file: str | None = Field(None, description="File holding this host's bearer token.")
+    url: str = Field(description="Base URL of the collector.", examples=["http://127.0.0.1:8080"],
+                     pattern=r"^https?://[^\s]+$")
+    token_file: str | None = Field(
+        None, description="File holding this host's bearer token (`opsagent server token add "
+        "HOST` makes one); read again before each send, so a rotated token is picked up.",
+        examples=["/etc/opsagent/token"])
+    ca_file: str | None = Field(None, description="CA bundle the collector's certificate is "
+                                "checked against (default: the system's).")
+    cert_file: str | None = Field(None, description="Client certificate (mutual TLS).")
+    key_file: str | None = Field(None, description="Client certificate's key (mutual TLS).")
+    outbox_max: Size = Field(
+        2**30, description="Cap of reports waiting to be sent; past it the oldest non-critical "
+        "ones are dropped, and the drop is itself reported.", examples=["1GiB"])
+    batch_size: int = Field(500, ge=1, le=5000, description="Reports per request at most.")
+
+    @model_validator(mode="after")
+    def _pair(self) -> CollectorConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together (mutual TLS)")
+        return self
 
 
 class AgentConfig(Spec):
@@ -73,6 +91,9 @@ class AgentConfig(Spec):
         examples=["60s"])
     log_format: Literal["text", "json"] = Field("text", description="text or JSON lines.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info")
+    metrics_listen: str | None = Field(
+        None, description="Serve Prometheus /metrics on this HOST:PORT (off by default).",
+        examples=["127.0.0.1:9109"], pattern=r"^[^\s:]*:[0-9]{1,5}$")
     memory_limit: Size = Field(
         256 * 2**20, description="Above this resident size the agent restarts itself cleanly.",
         examples=["256MiB"])
@@ -103,6 +124,11 @@ def load_config(path: str, overrides: dict[str, Any] | None = None) -> AgentConf
         raise InputError(pydantic_diagnostics(doc, e)) from None
     base = os.path.dirname(os.path.abspath(path))
     fix: dict[str, Any] = {"state_dir": os.path.join(base, cfg.state_dir)}
+    if cfg.collector is not None:
+        c = cfg.collector
+        fix["collector"] = c.model_copy(update={
+            k: os.path.join(base, v) for k in ("token_file", "ca_file", "cert_file", "key_file")
+            if (v := getattr(c, k))})
     if isinstance(cfg.playbooks, list):
         fix["playbooks"] = [os.path.join(base, p) for p in cfg.playbooks]
     else:

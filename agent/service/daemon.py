@@ -47,6 +47,7 @@ from agent.service import status as status_file
 from agent.service.config import AgentConfig
 from agent.service.inotify import Inotify
 from agent.service.lock import StateLock
+from agent.service.reporting import Reporter
 from agent.service.sdnotify import Notifier
 from agent.service.sources import GitRepoSource, Revision, RevisionRejected, source_of
 
@@ -77,6 +78,8 @@ class Agent:
         self.rejected: dict[str, Any] | None = None
         self.notifier = Notifier()
         self.lock = StateLock(cfg.state_dir)
+        self.reporter = Reporter(cfg)
+        self.metrics: Any = None
         self.sel = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -113,6 +116,8 @@ class Agent:
         self.lock.acquire()
         try:
             self._install_signals()
+            self.reporter.start()
+            self._serve_metrics()
             self.sel.register(self._wake_r, selectors.EVENT_READ, "wake")
             self.inotify = Inotify()
             self.sel.register(self.inotify.fd, selectors.EVENT_READ, "inotify")
@@ -154,6 +159,10 @@ class Agent:
                 os.close(fd)
         with contextlib.suppress(OSError):
             self._write_status()
+        try:
+            self.reporter.stop()
+        except Exception:  # what is unsent stays in the outbox for the next start
+            log.exception("stopping the report sender")
         self.lock.release()
         log.info("agent stopped")
 
@@ -282,6 +291,9 @@ class Agent:
                 continue
             run = self._run_playbook(pb, mine)
             self._after_run(pb, run)
+            self.reporter.run(run, heartbeat=only is None)
+            if self.metrics is not None:
+                self.metrics.observe_run(run, "full" if only is None else "event")
 
     def _run_playbook(self, pb: LoadedPlaybook, only: set[str] | None) -> RunResult:
         self.engine.ctx = ProviderContext(
@@ -350,10 +362,7 @@ class Agent:
                         + (f"the window passes ({verdict.detail})" if b.max else "reset")
                         + f" or `opsagent reset {r.ref}`; last error: {r.message}")
                 log.error(text, extra={"ref": r.ref, "alert": "budget_exhausted"})
-                try:
-                    status_file.raise_alert(self.cfg.state_dir, r.ref, "critical", text)
-                except OpsAgentError as e:
-                    log.error("cannot record the alert for %s: %s", r.ref, e)
+                self._alert(r.ref, "critical", text)
             if wait is not None:
                 self._schedule(r.ref, time.monotonic() + max(wait, 0.0) + 0.01,
                                "restart budget window passed")
@@ -499,10 +508,8 @@ class Agent:
             if first:
                 log.error("playbooks at revision %s refused%s:\n%s", new.revision, keep,
                           new.message, extra={"revision": new.revision})
-                with contextlib.suppress(OpsAgentError):
-                    status_file.raise_alert(self.cfg.state_dir, "playbooks", "critical",
-                                            f"revision {new.revision} refused{keep}: "
-                                            + new.message.splitlines()[0])
+                self._alert("playbooks", "critical", f"revision {new.revision} refused{keep}: "
+                            + new.message.splitlines()[0])
             self.notifier.status(self._status_line())
             self._write_status()
             return
@@ -518,6 +525,8 @@ class Agent:
         names = ", ".join(pb.model.name for pb in new.playbooks)
         log.info("enforcing revision %s (%s)%s", new.short, names,
                  f", was {old.short}" if old else "", extra={"revision": new.id})
+        self.reporter.revision(new.id, old.id if old else None,
+                               [pb.model.name for pb in new.playbooks])
         self._write_status()  # also tells systemd the new STATUS=
         if old is not None:
             self.next_full = time.monotonic()  # enforce the new revision at once
@@ -556,6 +565,26 @@ class Agent:
             text += f"; refused {self.rejected['revision']}"
         return text
 
+    def _alert(self, key: str, severity: str, text: str) -> None:
+        """An alert event: in state.db for `opsagent status`, and to the collector."""
+        try:
+            status_file.raise_alert(self.cfg.state_dir, key, severity, text)
+        except OpsAgentError as e:
+            log.error("cannot record the alert for %s: %s", key, e)
+        self.reporter.alert(key, severity, text)
+        if self.metrics is not None:
+            self.metrics.alerts.labels(severity).inc()
+
+    def _serve_metrics(self) -> None:
+        if not self.cfg.metrics_listen:
+            return
+        from agent.service.metrics import AgentMetrics
+
+        host, _, port = self.cfg.metrics_listen.rpartition(":")
+        self.metrics = AgentMetrics(self)
+        self.metrics.serve(host or "127.0.0.1", int(port))
+        log.info("metrics on http://%s/metrics", self.cfg.metrics_listen)
+
     def _write_status(self) -> None:
         doc = {
             "pid": os.getpid(), "host": self.cfg.host, "version": __version__,
@@ -568,6 +597,8 @@ class Agent:
             "rejected": self.rejected,
             "resources": self.results,
             "rss_bytes": _rss(),
+            "collector": ({"url": self.cfg.collector.url, **(self.reporter.state() or {})}
+                          if self.cfg.collector else None),
         }
         try:
             status_file.write(self.cfg.state_dir, doc)

@@ -57,12 +57,17 @@ class AgentProc:
             """))
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, *extra: str, env: dict[str, str] | None = None) -> AgentProc:
+    def spawn(self, *extra: str, env: dict[str, str] | None = None) -> AgentProc:
+        """Start the agent and return at once (start() waits for its first reconcile)."""
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "agent.cli", "run", "--config", str(self.config), "-v",
                  *extra], cwd=REPO, stdout=subprocess.DEVNULL, stderr=log,
                 env={**os.environ, **(env or {})})
+        return self
+
+    def start(self, *extra: str, env: dict[str, str] | None = None) -> AgentProc:
+        self.spawn(*extra, env=env)
 
         def ready() -> bool:
             assert self.proc is not None
