@@ -28,6 +28,10 @@ def gather(state_dir: str) -> dict[str, Any]:
                            "within": format_duration(b["within"]),
                            "left": max(b["max"] - len(recent), 0), "exhausted": v.exhausted,
                            "note": v.detail or (v.message if not v.allowed else "")}
+    if isinstance(doc.get("collector"), dict):  # the outbox as it is now, not at the last write
+        from agent.report.outbox import Outbox
+
+        doc["collector"].update(Outbox(state_dir, "", "").stats())
     return {"running": pid is not None, "pid": pid or None, "state_dir": state_dir,
             "status": doc, "alerts": status_file.alerts(state_dir, 10)}
 
@@ -54,6 +58,16 @@ def render(g: dict[str, Any]) -> str:
     if rej := doc.get("rejected"):
         first = rej["message"].splitlines()[0] if rej.get("message") else ""
         lines.append(f"refused: {rej['revision']} ({_ago(rej.get('at'))}): {first}")
+    if c := doc.get("collector"):
+        line = (f"collector: {c['url']}: {c.get('depth', 0)} report(s) waiting"
+                + (f", last sent {_ago(c['last_success'])}" if c.get("last_success") else ""))
+        if c.get("last_error"):
+            line += f"; failing ({c.get('consecutive_failures', 0)}x): {c['last_error']}"
+        if c.get("dropped_total"):
+            line += f"; {c['dropped_total']} dropped over the outbox cap (reported)"
+        if c.get("parked"):
+            line += f"; {c['parked']} refused by the collector (parked)"
+        lines.append(line)
     resources = doc.get("resources") or {}
     if resources:
         width = max(len(r) for r in resources)

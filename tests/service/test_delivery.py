@@ -6,6 +6,8 @@ from __future__ import annotations
 import random
 import signal
 import sqlite3
+import subprocess
+import sys
 import textwrap
 import threading
 import time
@@ -213,3 +215,42 @@ def test_5xx_slow_answers_and_a_collector_killed_mid_batch_lose_and_double_nothi
         assert c["503"] > 0 and c["slow"] > 0 and c["dropped"] > 0, c  # each case happened
     finally:
         coll.stop()
+
+
+def test_the_agent_reports_runs_labels_alerts_revisions_and_serves_metrics(tmp_path, collector):
+    from tests.harness.collector import free_port
+
+    token = collector.token("web01")
+    port = free_port()
+    config = agent_config(tmp_path, collector, token, interval="60s")
+    config += f'metrics_listen: "127.0.0.1:{port}"\n'
+    agent = AgentProc(tmp_path, config=config).start()
+    try:
+        target = tmp_path / "out" / "f3.txt"
+        target.write_text("tampered")  # drift: inotify, repaired, labelled corrective
+        wait_for(lambda: target.read_text() == "3", 10, "the repair")
+        (tmp_path / "pb" / "files.yaml").write_text("name: files\nfiles: [{path: 1}]\n")
+        agent.signal(signal.SIGHUP)  # a bad edit: refused, an alert
+
+        def arrived() -> list[dict] | None:
+            reports = collector.get("/api/v1/hosts/web01/reports?limit=100")
+            types = {r["type"] for r in reports}
+            return reports if {"run", "revision", "alert"} <= types else None
+
+        reports = wait_for(arrived, 20, "run, revision and alert reports at the collector")
+        labels = [(r["name"], c["label"]) for rep in reports if rep["type"] == "run"
+                  for r in rep["results"] for c in r["changes"]]
+        assert (str(target), "corrective") in labels
+        first = {n for n, lab in labels if lab == "intentional"}  # the first apply
+        assert first == {str(tmp_path / "out" / f"f{i}.txt") for i in range(30)}
+        (alert,) = collector.get("/api/v1/alerts")
+        assert alert["key"] == "playbooks" and "refused" in alert["message"]
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+        assert 'opsagent_reconciles_total{trigger="full"}' in text
+        assert "opsagent_outbox_reports " in text
+        assert 'opsagent_alerts_total{severity="critical"} 1.0' in text
+        status = subprocess.run([sys.executable, "-m", "agent.cli", "status", "--config",
+                                 str(agent.config)], capture_output=True, text=True)
+        assert f"collector: {collector.url}" in status.stdout
+    finally:
+        agent.stop()
