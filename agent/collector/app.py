@@ -197,12 +197,9 @@ def create_app(store: Store, *, stale_after: float = 300.0) -> FastAPI:
     def healthz() -> JSONResponse:
         return JSONResponse({"ok": True, "version": __version__})
 
-    try:
-        from agent.collector.dashboard import add_dashboard
-    except ImportError:  # pragma: no cover - the dashboard module is part of the package
-        pass
-    else:
-        add_dashboard(app, store, stale_after=stale_after)
+    from agent.collector.dashboard import add_dashboard
+
+    add_dashboard(app, store, stale_after=stale_after)
     return app
 
 

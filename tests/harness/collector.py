@@ -32,11 +32,13 @@ def opsagent(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]
 class CollectorProc:
     """``opsagent server --db DB`` on its own port; start, stop, kill -9 and start again."""
 
-    def __init__(self, db: str, log: Path, port: int | None = None, workers: int = 1) -> None:
+    def __init__(self, db: str, log: Path, port: int | None = None, workers: int = 1,
+                 stale_after: str = "5m") -> None:
         self.db = db
         self.log = log
         self.port = port or free_port()
         self.workers = workers
+        self.stale_after = stale_after
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -44,7 +46,8 @@ class CollectorProc:
         out = open(self.log, "ab")  # noqa: SIM115 - the child keeps it
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "agent.cli", "server", "--db", self.db, "--listen",
-             f"127.0.0.1:{self.port}", "--workers", str(self.workers)],
+             f"127.0.0.1:{self.port}", "--workers", str(self.workers),
+             "--stale-after", self.stale_after],
             cwd=REPO, stdout=out, stderr=out, start_new_session=True)
         out.close()
         deadline = time.monotonic() + timeout
