@@ -33,6 +33,9 @@ class Outbox:
         self.host = host
         self.agent_version = agent_version
         self.cap_bytes = cap_bytes
+        # seqs of the batch the sender has out (one sender per outbox, one batch at a time):
+        # a drop notice in flight is never amended, a new one is written instead
+        self._inflight: set[int] = set()
 
     def put(self, report: Any) -> None:
         self.put_many([report])
@@ -62,28 +65,51 @@ class Outbox:
             if total <= self.cap_bytes:
                 break
             for seq, typ, created, size in db.execute(
-                    "SELECT seq, type, created, size FROM outbox WHERE critical = ? "
-                    "ORDER BY seq", (critical,)).fetchall():
+                    "SELECT seq, type, created, size FROM outbox WHERE critical = ? AND "
+                    "type != 'dropped' ORDER BY seq", (critical,)).fetchall():
                 if total <= self.cap_bytes:
                     break
                 dropped.append((seq, typ, created, size))
                 total -= size
         db.executemany("DELETE FROM outbox WHERE seq = ?", [(d[0],) for d in dropped])
+        if not dropped:
+            return
         by_type: dict[str, int] = {}
         for _, typ, _, _ in dropped:
             by_type[typ] = by_type.get(typ, 0) + 1
-        note = DroppedReport(host=self.host, agent_version=self.agent_version, dropped=DroppedDoc(
+        doc = DroppedDoc(
             count=len(dropped), bytes=sum(d[3] for d in dropped),
             oldest=utc_iso(min(d[2] for d in dropped)),
             newest=utc_iso(max(d[2] for d in dropped)), by_type=by_type,
             reason=f"the outbox was over its cap of {_gib(self.cap_bytes)} (the collector "
-            "unreachable for long); the oldest reports were dropped, plain all-ok runs first"))
-        body = note.model_dump_json().encode()
-        db.execute("INSERT INTO outbox (id, type, critical, created, size, body) "
-                   "VALUES (?, 'dropped', 1, ?, ?, ?)", (note.id, time.time(), len(body), body))
+            "unreachable for long); the oldest reports were dropped, plain all-ok runs first")
+        self._note_drop(db, doc)
         db.execute("INSERT INTO outbox_meta (key, value) VALUES ('dropped_total', ?) "
                    "ON CONFLICT (key) DO UPDATE SET value = value + excluded.value",
                    (len(dropped),))
+
+    def _note_drop(self, db: sqlite3.Connection, doc: DroppedDoc) -> None:
+        """One drop notice waiting to be sent, amended by later drops (unless in flight)."""
+        row = db.execute("SELECT seq, body FROM outbox WHERE type = 'dropped' ORDER BY seq "
+                         "DESC LIMIT 1").fetchone()
+        if row is not None and row[0] not in self._inflight:
+            note = DroppedReport.model_validate_json(row[1])
+            d = note.dropped
+            by_type = dict(d.by_type)
+            for k, n in doc.by_type.items():
+                by_type[k] = by_type.get(k, 0) + n
+            note.dropped = d.model_copy(update={
+                "count": d.count + doc.count, "bytes": d.bytes + doc.bytes,
+                "oldest": min(d.oldest, doc.oldest), "newest": max(d.newest, doc.newest),
+                "by_type": by_type})
+            body = note.model_dump_json().encode()
+            db.execute("UPDATE outbox SET body = ?, size = ? WHERE seq = ?",
+                       (body, len(body), row[0]))
+            return
+        note = DroppedReport(host=self.host, agent_version=self.agent_version, dropped=doc)
+        body = note.model_dump_json().encode()
+        db.execute("INSERT INTO outbox (id, type, critical, created, size, body) "
+                   "VALUES (?, 'dropped', 1, ?, ?, ?)", (note.id, time.time(), len(body), body))
 
     def peek(self, limit: int, max_bytes: int) -> list[tuple[int, bytes]]:
         """The oldest reports, at most ``limit`` and about ``max_bytes`` (at least one)."""
@@ -98,6 +124,7 @@ class Outbox:
                     break
                 out.append((seq, bytes(body)))
                 size += len(body)
+        self._inflight = {seq for seq, _ in out}
         return out
 
     def ack(self, seqs: list[int]) -> None:
