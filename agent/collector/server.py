@@ -108,7 +108,7 @@ def cmd_server(args: argparse.Namespace) -> int:
           f"{scheme}://{args.listen}/api/v1, db {_masked(args.db)}", file=sys.stderr, flush=True)
     uvicorn.run("agent.collector.app:app_from_env", factory=True, host=host, port=port,
                 workers=max(1, args.workers), log_level="warning", access_log=False,
-                server_header=False, **tls)
+                server_header=False, timeout_graceful_shutdown=10, **tls)
     return 0
 
 

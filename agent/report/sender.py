@@ -83,8 +83,12 @@ class Sender:
         while time.monotonic() < deadline:
             if self.outbox.stats()["depth"] == 0:
                 return True
-            if self._thread is None or not self._thread.is_alive():
-                self._send_all()  # no thread: send from here
+            if self._thread is None or not self._thread.is_alive():  # no thread: send from here
+                pause = self.backoff_until - time.time()
+                if pause > 0:
+                    time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+                    continue
+                self._send_all()
                 continue
             self.backoff_until = min(self.backoff_until, time.time())  # no waiting now
             self._wake.set()
@@ -185,12 +189,15 @@ class Sender:
 
     def _http(self) -> Any:
         if self._client is None:
+            import ssl
+
             import httpx
 
             ca, cert, key = self.tls
-            self._client = httpx.Client(
-                timeout=self.timeout, verify=ca or True,
-                cert=(cert, key) if cert and key else None)
+            ctx = ssl.create_default_context(cafile=ca)
+            if cert and key:
+                ctx.load_cert_chain(cert, key)  # mutual TLS
+            self._client = httpx.Client(timeout=self.timeout, verify=ctx)
         return self._client
 
     def _ok(self) -> None:

@@ -33,13 +33,17 @@ class CollectorProc:
     """``opsagent server --db DB`` on its own port; start, stop, kill -9 and start again."""
 
     def __init__(self, db: str, log: Path, port: int | None = None, workers: int = 1,
-                 stale_after: str = "5m") -> None:
+                 stale_after: str = "5m", extra: tuple[str, ...] = (),
+                 verify: str | bool = True) -> None:
         self.db = db
         self.log = log
         self.port = port or free_port()
         self.workers = workers
         self.stale_after = stale_after
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.extra = extra
+        self.verify = verify  # a CA file when the server speaks TLS
+        tls = "--tls-cert" in extra
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 20.0) -> CollectorProc:
@@ -47,7 +51,7 @@ class CollectorProc:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "agent.cli", "server", "--db", self.db, "--listen",
              f"127.0.0.1:{self.port}", "--workers", str(self.workers),
-             "--stale-after", self.stale_after],
+             "--stale-after", self.stale_after, *self.extra],
             cwd=REPO, stdout=out, stderr=out, start_new_session=True)
         out.close()
         deadline = time.monotonic() + timeout
@@ -56,17 +60,29 @@ class CollectorProc:
                 raise AssertionError(f"collector exited {self.proc.returncode}:\n"
                                      + self.log.read_text(errors="replace"))
             try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                if self._up():
                     return self
-            except httpx.HTTPError:
+            except (httpx.HTTPError, OSError):
                 pass
             time.sleep(0.05)
         raise AssertionError("collector did not answer:\n" + self.log.read_text(errors="replace"))
 
+    def _up(self) -> bool:
+        if "--tls-client-ca" in self.extra:  # needs a client certificate: the port is enough
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                return True
+        return httpx.get(self.url + "/healthz", timeout=1, verify=self.verify
+                         ).status_code == 200
+
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc and self.proc.poll() is None:
             os.killpg(self.proc.pid, sig)
-            self.proc.wait(timeout=20)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=20)
+                raise AssertionError("the collector ignored SIGTERM for 20 s") from None
         self.proc = None
 
     def token(self, host: str) -> str:
