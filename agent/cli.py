@@ -106,10 +106,51 @@ def _parser() -> argparse.ArgumentParser:
     rs.add_argument("--state-dir", default=None)
     rs.set_defaults(func=cmd_reset)
 
-    from agent.collector.server import add_parser as add_server
-
-    add_server(sub)
+    _server_parser(sub)
     return p
+
+
+COLLECTOR_DB = "/var/lib/opsagent-collector/collector.db"
+
+
+def _server_parser(sub: Any) -> None:
+    dbopt = argparse.ArgumentParser(add_help=False)
+    dbopt.add_argument("--db", default=os.environ.get("OPSAGENT_COLLECTOR_DB", COLLECTOR_DB),
+                       metavar="URL", help="postgresql://… or a SQLite file path "
+                       f"(default {COLLECTOR_DB})")
+    s = sub.add_parser("server", parents=[dbopt],
+                       help="the central collector (API, dashboard, /metrics)")
+    s.add_argument("--listen", default="127.0.0.1:8080", metavar="HOST:PORT")
+    s.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    s.add_argument("--stale-after", default="5m", metavar="DURATION",
+                   help="a host silent this long is shown as stopped reporting (default 5m)")
+    s.add_argument("--tls-cert", default=None, help="serve HTTPS with this certificate")
+    s.add_argument("--tls-key", default=None)
+    s.add_argument("--tls-client-ca", default=None,
+                   help="require client certificates signed by this CA (mutual TLS)")
+    s.set_defaults(func=_collector("cmd_server"))
+    tsub = s.add_subparsers(dest="server_verb", metavar="token")
+    t = tsub.add_parser("token", help="add, revoke or list host tokens")
+    tv = t.add_subparsers(dest="token_verb", metavar="add|revoke|list", required=True)
+    for verb, text in (("add", "make a token for HOST; printed once, stored hashed"),
+                       ("revoke", "revoke every token of HOST")):
+        c = tv.add_parser(verb, help=text, parents=[dbopt])
+        c.add_argument("host", metavar="HOST")
+        c.set_defaults(func=_collector("cmd_token"))
+    c = tv.add_parser("list", help="hosts and their tokens' state", parents=[dbopt])
+    c.set_defaults(func=_collector("cmd_token"))
+
+
+def _collector(name: str) -> Any:
+    """A command of agent.collector.server, imported only when it runs."""
+
+    def run(args: argparse.Namespace) -> int:
+        from agent.collector import server
+
+        code: int = getattr(server, name)(args)
+        return code
+
+    return run
 
 
 def parse_extra_vars(items: Sequence[str]) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""`opsagent server`: run the collector, and manage the hosts' tokens."""
+"""`opsagent server`: run the collector, and manage the hosts' tokens (the arguments are
+defined in agent.cli, so `opsagent validate` never imports the collector)."""
 
 from __future__ import annotations
 
@@ -6,37 +7,6 @@ import argparse
 import os
 import sys
 from typing import Any
-
-DEFAULT_DB = "/var/lib/opsagent-collector/collector.db"
-DEFAULT_LISTEN = "127.0.0.1:8080"
-
-
-def add_parser(sub: Any) -> None:
-    dbopt = argparse.ArgumentParser(add_help=False)
-    dbopt.add_argument("--db", default=os.environ.get("OPSAGENT_COLLECTOR_DB", DEFAULT_DB),
-                       metavar="URL", help="postgresql://… or a SQLite file path "
-                       f"(default {DEFAULT_DB})")
-    s = sub.add_parser("server", parents=[dbopt],
-                       help="the central collector (API, dashboard, /metrics)")
-    s.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT")
-    s.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
-    s.add_argument("--stale-after", default="5m", metavar="DURATION",
-                   help="a host silent this long is shown as stopped reporting (default 5m)")
-    s.add_argument("--tls-cert", default=None, help="serve HTTPS with this certificate")
-    s.add_argument("--tls-key", default=None)
-    s.add_argument("--tls-client-ca", default=None,
-                   help="require client certificates signed by this CA (mutual TLS)")
-    s.set_defaults(func=cmd_server)
-    tsub = s.add_subparsers(dest="server_verb", metavar="token")
-    t = tsub.add_parser("token", help="add, revoke or list host tokens")
-    tv = t.add_subparsers(dest="token_verb", metavar="add|revoke|list", required=True)
-    for verb, text in (("add", "make a token for HOST; printed once, stored hashed"),
-                       ("revoke", "revoke every token of HOST")):
-        p = tv.add_parser(verb, help=text, parents=[dbopt])
-        p.add_argument("host", metavar="HOST")
-        p.set_defaults(func=cmd_token)
-    p = tv.add_parser("list", help="hosts and their tokens' state", parents=[dbopt])
-    p.set_defaults(func=cmd_token)
 
 
 def _split_listen(listen: str) -> tuple[str, int]:
