@@ -33,3 +33,15 @@ def testhost(docker_client: Any) -> Iterator[Any]:
         yield host
     finally:
         host.remove()
+
+
+@pytest.fixture
+def collector(tmp_path: Any) -> Iterator[Any]:
+    """A real collector (`opsagent server` on SQLite) on a free 127.0.0.1 port."""
+    from tests.harness.collector import CollectorProc
+
+    proc = CollectorProc(str(tmp_path / "collector.db"), tmp_path / "collector.log").start()
+    try:
+        yield proc
+    finally:
+        proc.stop()

@@ -7,17 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.collector import CollectorProc
 from tests.harness.postgres import Postgres
-
-
-@pytest.fixture
-def collector(tmp_path: Path) -> Iterator[CollectorProc]:
-    proc = CollectorProc(str(tmp_path / "collector.db"), tmp_path / "collector.log").start()
-    try:
-        yield proc
-    finally:
-        proc.stop()
 
 
 @pytest.fixture(scope="session")

@@ -98,6 +98,16 @@ class CollectorProc:
         return httpx.post(self.url + "/api/v1/reports", content=body, headers=headers,
                           timeout=30)
 
+    def stored(self, host: str | None = None) -> list[dict[str, Any]]:
+        """Every report the collector stored (for host), read from its SQLite database."""
+        import sqlite3
+
+        query, args = "SELECT body FROM reports", ()
+        if host is not None:
+            query, args = query + " WHERE host = ?", (host,)
+        with sqlite3.connect(self.db) as conn:
+            return [json.loads(b) for (b,) in conn.execute(query, args)]
+
     def get(self, path: str) -> Any:
         r = httpx.get(self.url + path, timeout=30)
         r.raise_for_status()

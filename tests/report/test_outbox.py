@@ -4,29 +4,10 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 
 from agent.report.outbox import Outbox
 from agent.report.sender import Sender
-from tests.harness.collector import CollectorProc
 from tests.harness.reports import alert_report, run_report
-
-
-@pytest.fixture
-def collector(tmp_path: Path) -> Iterator[CollectorProc]:
-    proc = CollectorProc(str(tmp_path / "c.db"), tmp_path / "c.log").start()
-    try:
-        yield proc
-    finally:
-        proc.stop()
-
-
-def stored(collector: CollectorProc) -> list[dict]:
-    with sqlite3.connect(collector.db) as conn:
-        return [json.loads(b) for (b,) in conn.execute("SELECT body FROM reports")]
 
 
 def test_over_its_cap_the_outbox_drops_plain_runs_first_and_reports_the_drop(tmp_path):
@@ -67,7 +48,7 @@ def test_a_report_the_collector_refuses_is_parked_and_the_rest_delivered(tmp_pat
     token.write_text(collector.token("web01"))
     sender = Sender(box, collector.url, str(token), batch_size=8)
     assert sender.flush(30), sender.state()
-    assert {r["id"] for r in stored(collector)} == {r.id for r in good}
+    assert {r["id"] for r in collector.stored()} == {r.id for r in good}
     (parked,) = box.parked()
     assert parked["id"] == bad.id and parked["reason"].startswith("422")
     assert "from_the_future" in parked["reason"]
@@ -90,7 +71,7 @@ def test_a_wrong_token_backs_off_and_a_rotated_one_is_picked_up(tmp_path, collec
         assert sender.flush(10), sender.state()
     finally:
         sender.stop()
-    assert len(stored(collector)) == 3 and sender.state()["last_error"] is None
+    assert len(collector.stored()) == 3 and sender.state()["last_error"] is None
 
 
 def test_a_missing_token_file_is_an_error_not_a_crash(tmp_path, collector):

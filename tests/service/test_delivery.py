@@ -11,12 +11,10 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
-import pytest
 
 from agent.report.outbox import Outbox
 from agent.report.sender import Sender
@@ -25,19 +23,8 @@ from tests.harness.reports import alert_report, run_report
 from tests.service.agentproc import AgentProc, wait_for
 
 
-@pytest.fixture
-def collector(tmp_path: Path) -> Iterator[CollectorProc]:
-    proc = CollectorProc(str(tmp_path / "collector.db"), tmp_path / "collector.log").start()
-    try:
-        yield proc
-    finally:
-        proc.stop()
-
-
 def stored_ids(collector: CollectorProc, host: str) -> list[str]:
-    """Every report id the collector stored for host, read from its database."""
-    with sqlite3.connect(collector.db) as conn:
-        return [r for (r,) in conn.execute("SELECT id FROM reports WHERE host = ?", (host,))]
+    return [r["id"] for r in collector.stored(host)]
 
 
 def outbox_ids(state: Path) -> set[str]:
@@ -233,7 +220,10 @@ def test_the_agent_reports_runs_labels_alerts_revisions_and_serves_metrics(tmp_p
         agent.signal(signal.SIGHUP)  # a bad edit: refused, an alert
 
         def arrived() -> list[dict] | None:
-            reports = collector.get("/api/v1/hosts/web01/reports?limit=100")
+            r = httpx.get(collector.url + "/api/v1/hosts/web01/reports?limit=100")
+            if r.status_code == 404:  # nothing has arrived yet
+                return None
+            reports = r.raise_for_status().json()
             types = {r["type"] for r in reports}
             return reports if {"run", "revision", "alert"} <= types else None
 
