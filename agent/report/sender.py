@@ -3,9 +3,15 @@
 A batch leaves the outbox only after the collector answered 2xx; a crash, a timeout or a 5xx
 after the collector stored it means the batch is sent again, and the collector's dedup by
 report id stores it once. Failures back off exponentially (1 s doubling to 5 min, full
-jitter; a Retry-After is honoured). 413 halves the batch. 400/422 mean a report the
+jitter; a Retry-After is honoured up to the same cap) and are logged once per streak and
+cause, not on every attempt. 413 halves the batch (for the sender's lifetime: the
+collector's body limit does not change between requests). 400/422 mean a report the
 collector refuses: the batch is bisected and that one report parked (kept in state.db,
 visible in ``opsagent status``), so one bad document never blocks the rest.
+
+The token is read from its file on every request, so a rotated token is used at once; it
+is never logged. httpx is imported only when the first request is made: nothing that
+``opsagent validate`` imports pulls it in.
 """
 
 from __future__ import annotations
@@ -22,12 +28,13 @@ from agent.report.outbox import Outbox
 
 log = logging.getLogger("opsagent.sender")
 
-RETRY_AFTER_CAP = 300.0
-
 
 class _Retry(Exception):
-    def __init__(self, message: str, after: float | None = None) -> None:
+    """Back off: ``cause`` groups attempts failing the same way (logged once per streak)."""
+
+    def __init__(self, message: str, cause: str, after: float | None = None) -> None:
         super().__init__(message)
+        self.cause = cause
         self.after = after
 
 
@@ -48,14 +55,14 @@ class Sender:
         self.backoff_cap = backoff_cap
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._idle = threading.Event()
         self._thread: threading.Thread | None = None
         self._client: Any = None
-        self._delay = 0.0
+        self._delay = 0.0  # the backoff's ceiling now: 0, then backoff_first doubling to the cap
         self._limit = batch_size  # shrinks on 413
         self.last_success: float | None = None
         self.last_error: str | None = None
         self.failures = 0
+        self._cause: str | None = None  # of the current failure streak
         self.backoff_until = 0.0
         self.sent_total = 0
 
@@ -78,8 +85,12 @@ class Sender:
             self._client = None
 
     def flush(self, timeout: float) -> bool:
-        """Wait until the outbox is empty (True) or ``timeout`` passes (False)."""
+        """Send until the outbox is empty (True) or ``timeout`` passes (False): one attempt
+        at once even during a backoff (shutdown is the last chance), then the backoff holds.
+        Sends from the sender's thread when it runs, else from the caller's."""
         deadline = time.monotonic() + timeout
+        self.backoff_until = min(self.backoff_until, time.time())
+        self._wake.set()
         while time.monotonic() < deadline:
             if self.outbox.stats()["depth"] == 0:
                 return True
@@ -90,15 +101,16 @@ class Sender:
                     continue
                 self._send_all()
                 continue
-            self.backoff_until = min(self.backoff_until, time.time())  # no waiting now
-            self._wake.set()
             time.sleep(0.02)
         return bool(self.outbox.stats()["depth"] == 0)
 
     def state(self) -> dict[str, Any]:
+        """What ``opsagent status`` and /metrics show; backoff_s is the current ceiling of the
+        jittered wait (0 after a success)."""
         return {"last_success": self.last_success, "last_error": self.last_error,
                 "consecutive_failures": self.failures, "backoff_until": self.backoff_until,
-                "sent_total": self.sent_total, **self.outbox.stats()}
+                "backoff_s": self._delay, "sent_total": self.sent_total,
+                **self.outbox.stats()}
 
     # --- the loop ---------------------------------------------------------------------------
 
@@ -114,7 +126,7 @@ class Sender:
                 self._send_all()
             except Exception:  # a bug here must not end reporting
                 log.exception("sender crashed; retrying")
-                self._failed("internal error", None)
+                self._failed(_Retry("internal error", "internal"))
             if self._stop.is_set():
                 return
             if time.time() >= self.backoff_until:
@@ -127,20 +139,23 @@ class Sender:
             try:
                 batch = self.outbox.peek(self._limit, self.max_batch_bytes)
             except OpsAgentError as e:
-                self._failed(f"cannot read the outbox: {e}", None)
+                self._failed(_Retry(f"cannot read the outbox: {e}", "outbox"))
                 return
             if not batch:
                 return
             try:
                 self._deliver(batch)
             except _Retry as e:
-                self._failed(str(e), e.after)
+                self._failed(e)
                 return
 
     def _deliver(self, batch: list[tuple[int, bytes]]) -> None:
         code, text, retry_after = self._post([b for _, b in batch])
         if 200 <= code < 300:
-            self.outbox.ack([s for s, _ in batch])
+            try:
+                self.outbox.ack([s for s, _ in batch])
+            except OpsAgentError as e:  # sent again later; the collector stores it once
+                raise _Retry(f"cannot update the outbox: {e}", "outbox") from None
             self.sent_total += len(batch)
             self._ok()
             return
@@ -154,38 +169,44 @@ class Sender:
                 seq = batch[0][0]
                 log.error("collector refused a report (%d): %s; parked in the outbox",
                           code, text[:500])
-                self.outbox.park(seq, f"{code}: {text}")
+                try:
+                    self.outbox.park(seq, f"{code}: {text}")
+                except OpsAgentError as e:
+                    raise _Retry(f"cannot park a refused report: {e}", "outbox") from None
                 return
             half = len(batch) // 2  # find the bad one: each half on its own
             self._deliver(batch[:half])
             self._deliver(batch[half:])
             return
         if code in (401, 403):
-            raise _Retry(f"collector refused the token ({code}): {text[:200]}", retry_after)
-        raise _Retry(f"collector answered {code}: {text[:200]}", retry_after)
+            raise _Retry(f"collector refused the token ({code}): {text[:200]}", "token",
+                         retry_after)
+        raise _Retry(f"collector answered {code}: {text[:200]}", f"http {code}", retry_after)
 
     def _post(self, bodies: list[bytes]) -> tuple[int, str, float | None]:
         import httpx
 
-        token = self._token()
+        headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+        if self.token_file is not None:
+            headers["Authorization"] = f"Bearer {self._token(self.token_file)}"
         payload = gzip.compress(b'{"reports":[' + b",".join(bodies) + b"]}", 6)
-        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json",
-                   "Content-Encoding": "gzip"}
         try:
             r = self._http().post(self.endpoint, content=payload, headers=headers)
         except httpx.HTTPError as e:
-            raise _Retry(f"cannot reach the collector: {type(e).__name__}: {e}") from None
+            raise _Retry(f"cannot reach the collector: {type(e).__name__}: {e}",
+                         type(e).__name__) from None
         return r.status_code, r.text, _retry_after(r.headers.get("retry-after"))
 
-    def _token(self) -> str:
-        if self.token_file is None:
-            return ""
+    def _token(self, path: str) -> str:
         try:
-            with open(self.token_file) as f:
-                return f.read().strip()
-        except OSError as e:
-            raise _Retry(f"cannot read the token file {self.token_file}: "
-                         f"{e.strerror or e}") from None
+            with open(path) as f:
+                token = f.read().strip()
+        except (OSError, UnicodeDecodeError) as e:
+            why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            raise _Retry(f"cannot read the token file {path}: {why}", "token file") from None
+        if not token:
+            raise _Retry(f"the token file {path} is empty", "token file")
+        return token
 
     def _http(self) -> Any:
         if self._client is None:
@@ -194,9 +215,13 @@ class Sender:
             import httpx
 
             ca, cert, key = self.tls
-            ctx = ssl.create_default_context(cafile=ca)
-            if cert and key:
-                ctx.load_cert_chain(cert, key)  # mutual TLS
+            try:
+                ctx = ssl.create_default_context(cafile=ca)
+                if cert and key:
+                    ctx.load_cert_chain(cert, key)  # mutual TLS
+            except (OSError, ssl.SSLError) as e:  # a file missing, unreadable or not PEM
+                raise _Retry(f"cannot load the TLS files {[f for f in self.tls if f]}: {e}",
+                             "tls files") from None
             self._client = httpx.Client(timeout=self.timeout, verify=ctx)
         return self._client
 
@@ -204,21 +229,25 @@ class Sender:
         if self.failures:
             log.info("collector reachable again; sending resumed")
         self.failures = 0
+        self._cause = None
         self._delay = 0.0
         self.last_success = time.time()
         self.last_error = None
         self.backoff_until = 0.0
 
-    def _failed(self, message: str, retry_after: float | None) -> None:
+    def _failed(self, e: _Retry) -> None:
         self.failures += 1
         self._delay = min(self.backoff_cap, (self._delay * 2) or self.backoff_first)
         wait = max(min(0.2, self._delay), random.uniform(0, self._delay))  # full jitter
-        if retry_after is not None:
-            wait = max(wait, min(retry_after, RETRY_AFTER_CAP))
+        if e.after is not None:
+            wait = max(wait, min(e.after, self.backoff_cap))
         self.backoff_until = time.time() + wait
-        if self.failures == 1 or message != self.last_error:  # once per streak and cause
-            log.error("%s; retrying in %.1fs (reports stay in the outbox)", message, wait)
-        self.last_error = message
+        if e.cause != self._cause:  # once per streak and cause, not on every attempt
+            log.error("%s; retrying in %.1fs (reports stay in the outbox)", e, wait)
+        else:
+            log.debug("%s; retrying in %.1fs (failure %d)", e, wait, self.failures)
+        self._cause = e.cause
+        self.last_error = str(e)
 
 
 def _retry_after(value: str | None) -> float | None:
