@@ -50,10 +50,10 @@ say "the collector: opsagent server --db $home/collector.db --listen 127.0.0.1:$
 collector=$!
 echo "$collector" > "$home/collector.pid"
 trap 'kill "$collector" 2>/dev/null || true' EXIT
+waitfor 30 "the collector" .venv/bin/python -c "import httpx; httpx.get('$url/healthz').raise_for_status()"
 "${oa[@]}" server token add demo-host --db "$home/collector.db" > "$home/token"
 chmod 600 "$home/token"
 echo "token for demo-host written to $home/token (stored hashed by the collector)"
-waitfor 30 "the collector" .venv/bin/python -c "import httpx; httpx.get('$url/healthz').raise_for_status()"
 cat > "$home/agent.yaml" <<YAML
 # yaml-language-server: \$schema=$repo/schemas/agent.schema.json
 host: demo-host

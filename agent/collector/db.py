@@ -134,7 +134,19 @@ def make_engine(db: str) -> Engine:
 
 
 def migrate(engine: Engine) -> int:
-    """Apply the missing migrations; the schema version now in force."""
+    """Apply the missing migrations; the schema version now in force. Two processes starting
+    on a fresh SQLite file race to create the tables: the loser finds them made and retries."""
+    for attempt in range(5):
+        try:
+            return _migrate(engine)
+        except sa.exc.OperationalError as e:
+            if engine.dialect.name != "sqlite" or "already exists" not in str(e) or attempt == 4:
+                raise
+            time.sleep(0.1 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def _migrate(engine: Engine) -> int:
     with engine.begin() as conn:
         if engine.dialect.name == "postgresql":  # one collector migrates, the others wait
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(7031)"))

@@ -128,3 +128,17 @@ def test_concurrent_overlapping_batches_are_stored_exactly_once(store):
     assert sum(a for a, _ in results) == 200
     assert store.counts()["reports"] == 200
     assert len(store.timeline("web01", limit=1000)) == 200
+
+
+def test_two_processes_migrating_a_fresh_sqlite_file_at_once_both_succeed(tmp_path):
+    import subprocess
+    import sys
+
+    db_file = str(tmp_path / "race.db")
+    code = ("import sys\nfrom agent.collector.store import Store\n"
+            "Store(sys.argv[1]).close()\n")
+    procs = [subprocess.Popen([sys.executable, "-c", code, db_file], stderr=subprocess.PIPE)
+             for _ in range(4)]
+    for p in procs:
+        _, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err.decode()
