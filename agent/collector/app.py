@@ -176,7 +176,7 @@ def create_app(store: Store, *, stale_after: float = 300.0) -> FastAPI:
     def host_reports(host: str, limit: int = Query(50, ge=1, le=500),
                      before: float | None = Query(None, description="epoch seconds"),
                      ) -> list[dict[str, Any]]:
-        if store.host(host, stale_after) is None:
+        if not store.has_host(host):  # a plain lookup, not the whole host document
             raise HTTPException(404, f"no host {host!r} has reported")
         return store.reports(host, limit=limit, before=before)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
+import json
 import re
 import secrets
 import threading
@@ -243,10 +244,13 @@ class Store:
         return [{"host": r.host, "kind": r.kind, "name": r.name, "count": int(r.n),
                  "last": float(r.last)} for r in conn.execute(q)]
 
+    def has_host(self, name: str) -> bool:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(db.hosts.c.name).where(db.hosts.c.name == name)
+                                ).first() is not None
+
     def reports(self, host: str, limit: int = 50, before: float | None = None,
                 types: Sequence[str] | None = None) -> list[dict[str, Any]]:
-        import json
-
         q = (sa.select(db.reports.c.body).where(db.reports.c.host == host)
              .order_by(db.reports.c.created.desc()).limit(limit))
         if before is not None:

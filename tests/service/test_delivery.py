@@ -81,14 +81,21 @@ def test_kill_9_mid_apply_50_times_loses_and_doubles_nothing(tmp_path, collector
     assert len(produced) >= 10  # the loop did produce reports (every fifth start surely)
 
 
+def filled_outbox(tmp_path: Path, runs: int, alerts: int = 0) -> tuple[Outbox, list]:
+    """An outbox holding ``runs`` run reports (each with a corrective change) and ``alerts``
+    alert reports, as an agent cut off from its collector would have queued them."""
+    outbox = Outbox(str(tmp_path / "state"), "web01", "test")
+    reports = [run_report("web01", [("files", f"/f{i % 40}", "changed", "corrective")])
+               for i in range(runs)] + [alert_report("web01") for _ in range(alerts)]
+    for k in range(0, len(reports), 500):
+        outbox.put_many(reports[k:k + 500])
+    return outbox, reports
+
+
 def test_collector_down_while_10000_reports_wait_all_arrive_once(tmp_path):
     coll = CollectorProc(str(tmp_path / "c.db"), tmp_path / "c.log")
     token_file = tmp_path / "token"
-    outbox = Outbox(str(tmp_path / "state"), "web01", "test")
-    reports = [run_report("web01", [("files", f"/f{i % 40}", "changed", "corrective")])
-               for i in range(9_000)] + [alert_report("web01") for _ in range(1_000)]
-    for k in range(0, len(reports), 500):
-        outbox.put_many(reports[k:k + 500])
+    outbox, reports = filled_outbox(tmp_path, 9_000, 1_000)
     sender = Sender(outbox, coll.url, str(token_file), batch_size=500, timeout=5,
                     backoff_first=0.1, backoff_cap=0.5)
     sender.start()
@@ -178,11 +185,7 @@ def test_5xx_slow_answers_and_a_collector_killed_mid_batch_lose_and_double_nothi
     proxy = FlakyProxy(coll.url)
     token_file = tmp_path / "token"
     token_file.write_text(coll.token("web01"))
-    outbox = Outbox(str(tmp_path / "state"), "web01", "test")
-    reports = [run_report("web01", [("files", f"/f{i % 40}", "changed", "corrective")])
-               for i in range(3_000)]
-    for k in range(0, len(reports), 500):
-        outbox.put_many(reports[k:k + 500])
+    outbox, reports = filled_outbox(tmp_path, 3_000)
     sender = Sender(outbox, proxy.url, str(token_file), batch_size=100, timeout=1,
                     backoff_first=0.05, backoff_cap=0.3)
     sender.start()
