@@ -8,14 +8,16 @@ cd "$(dirname "$0")/.."
 # Debian packages the suite uses: setpriv (tests as an unprivileged user), python3-venv,
 # Docker Engine (containers, and systemd test hosts), debootstrap (the test hosts' root
 # filesystem, built once and cached in /var/cache/opsagent-test), busybox-static (test images),
-# PostgreSQL (the collector's storage tests and benches), Chromium and its WebDriver (the
-# dashboard, driven headless by Selenium).
+# PostgreSQL (the collector's storage tests, the postgres health check and benches), Redis
+# (the redis health check), Chromium and its WebDriver (the dashboard, driven headless by
+# Selenium).
 missing=()
 command -v setpriv >/dev/null || missing+=(util-linux)
 command -v dockerd >/dev/null || missing+=(docker.io)
 command -v debootstrap >/dev/null || missing+=(debootstrap)
 dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+command -v redis-server >/dev/null || missing+=(redis-server)
 command -v chromium >/dev/null || missing+=(chromium)
 command -v chromedriver >/dev/null || missing+=(chromium-driver)
 [ -x /usr/bin/python3 ] && ! /usr/bin/python3 -c 'import ensurepip' 2>/dev/null && missing+=(python3-venv)

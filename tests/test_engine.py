@@ -56,7 +56,9 @@ backups: [{name: b, schedule: '0 2 * * *', source: {paths: [/srv]}, destination:
     assert [(r.kind, r.status) for r in result.results] == [
         ("checks", "skipped"),
         ("thresholds", "skipped"), ("watches", "skipped"), ("backups", "skipped")]
-    assert all("not built yet" in r.message for r in result.results)
+    messages = [r.message for r in result.results]
+    assert "opsagent check" in messages[0] and "agent service" in messages[1]
+    assert all("not built yet" in m for m in messages[2:])
 
 
 def test_a_hung_provider_call_times_out_and_the_run_goes_on(tmp_path):

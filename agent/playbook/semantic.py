@@ -8,6 +8,7 @@ from typing import Any
 from agent.errors import Diagnostic
 from agent.playbook.loader import Document
 from agent.playbook.models import RESOURCE_KINDS, Action, Playbook
+from agent.playbook.models.rules import HOST_METRICS
 from agent.playbook.templating import has_template, undeclared
 
 # Kinds whose resources can be restarted by a handler or a restart action.
@@ -46,7 +47,55 @@ def check(doc: Document, pb: Playbook) -> list[Diagnostic]:
             for j, action in enumerate(spec.actions):
                 out.extend(_check_action(doc, (kind, i, "actions", j), action, pb, names,
                                          allowed))
+    for i, t in enumerate(pb.thresholds):
+        for j, action in enumerate(t.actions):
+            for name in ("block_ip", "snapshot"):
+                if getattr(action, name) is not None:
+                    out.append(doc.diag(("thresholds", i, "actions", j, name),
+                                        f"a threshold cannot {name.replace('_', ' ')}",
+                                        "thresholds take notify, restart or run; block_ip "
+                                        "and snapshot belong to watches"))
+        out.extend(_check_metric(doc, ("thresholds", i, "metric"), t.metric, names["checks"]))
+        if t.escalation is not None and t.escalation not in pb.escalations:
+            out.append(doc.diag(("thresholds", i, "escalation"),
+                                f"no escalation policy named '{t.escalation}'",
+                                _one_of(t.escalation, pb.escalations, "escalations:")))
+    for policy, steps in pb.escalations.items():
+        for j, step in enumerate(steps):
+            for k, name in enumerate(step.notify):
+                if name not in pb.notifiers:
+                    out.append(doc.diag(("escalations", policy, j, "notify", k),
+                                        f"no notifier named '{name}'",
+                                        _one_of(name, pb.notifiers, "notifiers:")))
     return out
+
+
+def _one_of(name: str, declared: Any, where: str) -> str:
+    near = difflib.get_close_matches(name, list(declared), n=1)
+    if near:
+        return f"did you mean '{near[0]}'?"
+    if declared:
+        return f"a name under {where} " + ", ".join(declared)
+    return f"declare it under {where}"
+
+
+def _check_metric(doc: Document, path: tuple[Any, ...], metric: str,
+                  checks: set[str]) -> list[Diagnostic]:
+    if metric.startswith("check."):
+        name, _, key = metric[len("check."):].rpartition(".")
+        if not name:
+            return [doc.diag(path, f"'{metric}' names no value", "check.NAME.KEY, e.g. "
+                             "check.api-health.latency_ms")]
+        if name not in checks:
+            return [doc.diag(path, f"no check named '{name}'", _one_of(name, sorted(checks),
+                                                                        "checks:"))]
+        return []
+    if metric not in HOST_METRICS:
+        near = difflib.get_close_matches(metric, HOST_METRICS, n=1)
+        hint = f"did you mean '{near[0]}'?" if near else \
+            "one of " + ", ".join(HOST_METRICS) + ", or check.NAME.KEY"
+        return [doc.diag(path, f"unknown metric '{metric}'", hint)]
+    return []
 
 
 def _check_ref(doc: Document, path: tuple[Any, ...], ref: str,
@@ -68,11 +117,8 @@ def _check_action(doc: Document, path: tuple[Any, ...], action: Action, pb: Play
                   names: dict[str, set[str]], allowed: set[str]) -> list[Diagnostic]:
     out: list[Diagnostic] = []
     if action.notify is not None and action.notify not in pb.notifiers:
-        near = difflib.get_close_matches(action.notify, list(pb.notifiers), n=1)
-        hint = f"did you mean '{near[0]}'?" if near else \
-            ("a name under notifiers: " + ", ".join(pb.notifiers) if pb.notifiers
-             else "declare it under notifiers:")
-        out.append(doc.diag((*path, "notify"), f"no notifier named '{action.notify}'", hint))
+        out.append(doc.diag((*path, "notify"), f"no notifier named '{action.notify}'",
+                            _one_of(action.notify, pb.notifiers, "notifiers:")))
     if action.restart is not None:
         out.extend(_check_ref(doc, (*path, "restart"), action.restart, names))
     raw = doc.data

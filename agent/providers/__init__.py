@@ -15,10 +15,10 @@ REGISTRY: dict[str, str] = {
     "containers": "agent.providers.containers",
 }
 
-# Said in the report for kinds whose provider is not built yet.
+# Said in the report for kinds a one-off run does not reconcile (and those not built yet).
 PENDING: dict[str, str] = {
-    "checks": "health checks run in the agent service, not built yet",
-    "thresholds": "thresholds are evaluated by the agent service, not built yet",
+    "checks": "health checks run in the agent service (`opsagent check` runs them once)",
+    "thresholds": "thresholds are evaluated by the agent service (`opsagent run`)",
     "watches": "log watches run in the agent service, not built yet",
     "backups": "backups are not built yet",
 }

@@ -111,9 +111,17 @@ class _Typed(_Base):
 
 
 class AlertDoc(_Doc):
-    key: str = Field(description="What the alert is about: KIND:NAME, or `playbooks`.")
+    key: str = Field(description="What the alert is about: KIND:NAME, `threshold:RULE`, "
+                     "`silence:ID`, `maintenance:NAME` or `playbooks`.")
     severity: Severity
     message: str
+    state: Literal["firing", "resolved", "flapping", "muted", "unmuted"] | None = Field(
+        None, description="For a rule's alert: the transition; for a silence or maintenance "
+        "window: muted when it starts, unmuted when it ends.")
+    alert_id: str | None = Field(None, description="The firing episode (`opsagent alert ack`).")
+    value: float | None = None
+    muted_by: str | None = Field(None, description="The silence or window that kept it from "
+                                 "notifying anyone.")
 
 
 class AlertReport(_Typed):

@@ -102,6 +102,25 @@ CASES = [
     ("two documents", "name: x\n---\nname: y\n", ["more than one YAML document"]),
     ("bad allowlist", "name: x\nallowlist: [10.0.0.0/8, not-an-ip]\n",
      ["allowlist: 'not-an-ip' is not an IP address or network"]),
+    ("metric of an undeclared check", "name: x\nchecks: [{name: api, tcp: {host: h, port: 1}}]\n"
+     "thresholds: [{name: t, metric: check.apii.ok, below: 1}]\n",
+     ["3:32: thresholds[0].metric: no check named 'apii' (did you mean 'api'?)"]),
+    ("unknown host metric", "name: x\nthresholds: [{name: t, metric: disk.usedpercent, above: 1}]\n",
+     ["thresholds[0].metric: unknown metric 'disk.usedpercent' (did you mean "
+      "'disk.used_percent'?)"]),
+    ("hysteresis on the wrong side", "name: x\nthresholds: [{name: t, metric: cpu.percent, "
+     "above: 90, clear_below: 95}]\n", ["clear_below (95) must not exceed above (90)"]),
+    ("undeclared escalation", "name: x\nthresholds: [{name: t, metric: cpu.percent, above: 9, "
+     "escalation: page}]\n", ["thresholds[0].escalation: no escalation policy named 'page'"]),
+    ("escalation to an undeclared notifier", "name: x\nescalations:\n  p: [{after: 5m, "
+     "notify: [pager]}]\n", ["3:28: escalations.p[0].notify[0]: no notifier named 'pager'"]),
+    ("block_ip on a threshold", "name: x\nthresholds: [{name: t, metric: cpu.percent, "
+     "above: 9, actions: [{block_ip: {ip: 1.2.3.4}}]}]\n",
+     ["a threshold cannot block ip (thresholds take notify, restart or run"]),
+    ("window without a zone", "name: x\nmaintenance: [{name: m, from: '2026-01-01T00:00:00', "
+     "until: '2026-01-02T00:00:00Z'}]\n", ["has no time zone"]),
+    ("window half recurring", "name: x\nmaintenance: [{name: m, schedule: '0 3 * * 0'}]\n",
+     ["a recurring window needs both schedule and duration"]),
 ]
 
 

@@ -5,9 +5,10 @@ Each check's results are metrics thresholds can use: check.NAME.ok, check.NAME.l
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from agent.playbook.models.base import Spec
 from agent.playbook.models.processes import ProcessMatch
@@ -24,8 +25,22 @@ class HttpProbe(Spec):
     expect_status: list[int] = Field(default_factory=lambda: [200], examples=[[200, 204]])
     expect_body: str | None = Field(None, description="Regex the body must match.")
     expect_json: dict[str, Any] | None = Field(None, examples=[{"status": "healthy"}])
-    verify_tls: bool = True
+    verify_tls: bool = Field(True, description="Verify the server certificate and host name "
+                             "(https only).")
+    ca_file: str | None = Field(None, description="PEM file of the CA that signs the server's "
+                                "certificate (a private CA); default: the system's CAs.",
+                                examples=["/etc/ssl/private-ca.pem"])
     timeout: Duration = Field(10.0, examples=["15s"])
+
+    @field_validator("expect_body")
+    @classmethod
+    def _regex(cls, pattern: str | None) -> str | None:
+        if pattern is not None:
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ValueError(f"expect_body {pattern!r} is not a valid regex: {e}") from None
+        return pattern
 
 
 class TcpProbe(Spec):
@@ -35,9 +50,29 @@ class TcpProbe(Spec):
 
 
 class TlsProbe(Spec):
+    """Days until the server certificate expires (and, by default, whether it verifies)."""
+
     host: str = Field(examples=["example.com"])
     port: int = Field(443, ge=1, le=65535)
-    min_days_left: int = Field(14, ge=0, description="Unhealthy below this many days.")
+    server_name: str | None = Field(None, description="Name sent as SNI and verified against "
+                                    "the certificate; default: host.",
+                                    examples=["api.example.com"])
+    verify: bool = Field(True, description="Unhealthy when the chain or the name does not "
+                         "verify; false only reads the expiry date.")
+    ca_file: str | None = Field(None, description="PEM file of a private CA to verify against.",
+                                examples=["/etc/ssl/private-ca.pem"])
+    warn_days: int = Field(14, ge=0, description="Degraded below this many days left.",
+                           examples=[14])
+    critical_days: int = Field(3, ge=0, description="Unhealthy below this many days left.",
+                               examples=[3])
+    timeout: Duration = Field(10.0, examples=["10s"])
+
+    @model_validator(mode="after")
+    def _bands(self) -> TlsProbe:
+        if self.critical_days > self.warn_days:
+            raise ValueError(f"critical_days ({self.critical_days}) must not be above "
+                             f"warn_days ({self.warn_days})")
+        return self
 
 
 class PostgresProbe(Spec):
@@ -47,6 +82,15 @@ class PostgresProbe(Spec):
     max_connections_percent: float | None = Field(None, ge=0, le=100)
     long_query: Duration | None = Field(None, description="Queries running longer than this "
                                         "make the check degraded.", examples=["5m"])
+    timeout: Duration = Field(10.0, description="Bounds the connect and each statement.",
+                              examples=["10s"])
+
+    @model_validator(mode="after")
+    def _one_source(self) -> PostgresProbe:
+        if (self.dsn_env is None) == (self.dsn_file is None):
+            raise ValueError("give one of dsn_env (an environment variable holding the DSN) "
+                             "or dsn_file (a file holding it)")
+        return self
 
 
 class RedisProbe(Spec):
@@ -56,6 +100,8 @@ class RedisProbe(Spec):
     password_env: str | None = None
     max_memory_percent: float | None = Field(None, ge=0, le=100)
     max_clients: int | None = Field(None, ge=0)
+    timeout: Duration = Field(5.0, description="Bounds the connect and each command.",
+                              examples=["5s"])
 
 
 class DiskProbe(Spec):

@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
+from agent.playbook.models.alerting import EscalationStep, MaintenanceWindow
 from agent.playbook.models.backups import BackupSpec
 from agent.playbook.models.base import Spec
 from agent.playbook.models.checks import CheckSpec
@@ -46,6 +47,14 @@ class Playbook(Spec):
     watches: list[WatchSpec] = Field(default_factory=list)
     backups: list[BackupSpec] = Field(default_factory=list)
     notifiers: dict[str, Notifier] = Field(default_factory=dict)
+    escalations: dict[str, list[EscalationStep]] = Field(
+        default_factory=dict, description="Escalation policies: ordered steps, each a delay "
+        "and the notifiers it adds, stopped by resolve or `opsagent alert ack ID`.",
+        examples=[{"high-priority": [{"after": "0s", "notify": ["slack"]},
+                                     {"after": "5m", "notify": ["slack", "pagerduty"]}]}])
+    maintenance: list[MaintenanceWindow] = Field(
+        default_factory=list, description="Windows muting notifications and automatic "
+        "actions.")
 
     @field_validator("allowlist")
     @classmethod

@@ -1,4 +1,4 @@
-"""`thresholds:` and `watches:` — conditions that fire actions (engine arrives later).
+"""`thresholds:` and `watches:` — conditions that fire actions.
 
 Actions are templated when they fire, with the watch's named groups (e.g. ``{{ ip }}``) or
 the threshold's ``value``/``metric``; their variables are checked when the playbook loads.
@@ -11,9 +11,13 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from agent.playbook.models.alerting import Flapping
 from agent.playbook.models.base import Spec
 from agent.playbook.types import Duration
 
+# Host metrics a threshold can name besides a check's (check.NAME.KEY); disk.* take `path`.
+HOST_METRICS = ("disk.used_percent", "disk.inodes_percent", "memory.used_percent",
+                "swap.used_percent", "cpu.percent", "load.per_core", "load.1")
 ACTIONS = ("notify", "block_ip", "restart", "run", "snapshot")
 
 
@@ -66,13 +70,50 @@ class ThresholdSpec(Spec):
                            examples=["5m"])
     severity: Literal["info", "warning", "critical"] = "warning"
     labels: dict[str, str] | None = None
+    interval: Duration = Field(10.0, description="How often a host metric is sampled; a "
+                               "check's metric is evaluated on each of its results.",
+                               examples=["10s"])
+    repeat: Duration = Field(14400.0, description="Notify again this often while it keeps "
+                             "firing unacknowledged (0s: never).", examples=["4h"])
+    escalation: str | None = Field(None, description="An escalation policy's name.",
+                                   examples=["high-priority"])
+    flapping: Flapping = Field(default_factory=Flapping)
     actions: list[Action] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _limits(self) -> ThresholdSpec:
         if (self.above is None) == (self.below is None):
             raise ValueError("give exactly one of above, below")
+        if self.above is not None:
+            if self.clear_above is not None:
+                raise ValueError("an `above` rule clears with clear_below, not clear_above")
+            if self.clear_below is not None and self.clear_below > self.above:
+                raise ValueError(f"clear_below ({self.clear_below:g}) must not exceed above "
+                                 f"({self.above:g})")
+        if self.below is not None:
+            if self.clear_below is not None:
+                raise ValueError("a `below` rule clears with clear_above, not clear_below")
+            if self.clear_above is not None and self.clear_above < self.below:
+                raise ValueError(f"clear_above ({self.clear_above:g}) must not be under below "
+                                 f"({self.below:g})")
+        if self.interval < 1:
+            raise ValueError("interval must be at least 1s")
         return self
+
+    def firing(self, value: float) -> bool:
+        """Is the condition met?"""
+        if self.above is not None:
+            return value > self.above
+        assert self.below is not None
+        return value < self.below
+
+    def cleared(self, value: float) -> bool:
+        """Has a firing alert recovered (past the hysteresis limit when one is given)?"""
+        if self.above is not None:
+            return value < self.clear_below if self.clear_below is not None else \
+                value <= self.above
+        assert self.below is not None
+        return value > self.clear_above if self.clear_above is not None else value >= self.below
 
 
 class Fail2banPattern(Spec):
