@@ -105,7 +105,7 @@ _snapshot_lock = threading.Lock()
 def matching_processes(match: ProcessMatch) -> list[psutil.Process]:
     """The live processes ``match`` selects, by the processes provider's own rules.
 
-    A pidfile names one process (one /proc lookup: the provider's ``_scan``). Otherwise
+    A pidfile names one process (one /proc lookup: the provider's ``scan``). Otherwise
     the whole process table is read once per ``_SNAPSHOT_TTL_S`` and shared by every process
     check: a full scan costs ~10 ms of CPU on a quiet host, too much to repeat for each of
     dozens of checks due in the same second.
@@ -113,12 +113,12 @@ def matching_processes(match: ProcessMatch) -> list[psutil.Process]:
     from agent.providers import processes
 
     if match.pidfile is not None:
-        return [proc for proc, _ in processes._scan(match).found]
-    protected = processes._protected_pids()
+        return [proc for proc, _ in processes.scan(match).found]
+    protected = processes.protected_pids()
     return [proc for proc in _snapshot(match.user is not None)
             if proc.info["pid"] not in protected
             and proc.info["status"] not in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
-            and processes._matches(match, proc.info)]
+            and processes.matches(match, proc.info)]
 
 
 def _snapshot(with_users: bool) -> list[psutil.Process]:
@@ -130,7 +130,7 @@ def _snapshot(with_users: bool) -> list[psutil.Process]:
         if cached is not None and now - cached[0] < _SNAPSHOT_TTL_S:
             return cached[1]
         _spawn.reap_children()  # a dead child of ours must not look like a live process
-        attrs = processes._ATTRS + ["username"] if with_users else processes._ATTRS
+        attrs = processes.SCAN_ATTRS + ["username"] if with_users else processes.SCAN_ATTRS
         procs = list(psutil.process_iter(attrs))
         _snapshots[with_users] = (now, procs)
         return procs

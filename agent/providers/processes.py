@@ -23,7 +23,7 @@ from agent.playbook.types import format_duration
 from agent.providers import _budget, _spawn
 from agent.providers.base import RESTART, Change, Outcome, ProviderContext
 
-_ATTRS = ["pid", "name", "cmdline", "status", "create_time"]  # + username when matched on
+SCAN_ATTRS = ["pid", "name", "cmdline", "status", "create_time"]  # + username when matched on
 _POLL_S = 0.03  # between looks for the started process: fast to notice, no busy loop
 _SETTLE_S = 0.25  # a start counts once its process has lived this long
 _CMD_MAX = 160
@@ -63,7 +63,7 @@ def supports(ctx: ProviderContext) -> str | None:
 
 
 def observe(spec: ProcessSpec, ctx: ProviderContext) -> ProcessObserved:
-    return _observed(_scan(spec.match))
+    return _observed(scan(spec.match))
 
 
 def diff(spec: ProcessSpec, observed: ProcessObserved) -> list[Change]:
@@ -124,16 +124,16 @@ def _note(observed: ProcessObserved) -> str:
 # --- observing --------------------------------------------------------------------------
 
 @dataclass(frozen=True, slots=True)
-class _Scan:
+class Scan:
     found: list[tuple[psutil.Process, ProcessInfo]]
     pidfile_note: str | None
 
 
-def _observed(scan: _Scan) -> ProcessObserved:
-    return ProcessObserved(tuple(info for _, info in scan.found), scan.pidfile_note)
+def _observed(found: Scan) -> ProcessObserved:
+    return ProcessObserved(tuple(info for _, info in found.found), found.pidfile_note)
 
 
-def _protected_pids() -> set[int]:
+def protected_pids() -> set[int]:
     """Processes the agent must never match nor signal: init, itself and its ancestors."""
     global _protected_cache
     now = time.monotonic()
@@ -172,17 +172,17 @@ def _read_pidfile(path: str) -> tuple[int | None, str | None]:
     return int(text), None
 
 
-def _scan(match: ProcessMatch) -> _Scan:
+def scan(match: ProcessMatch) -> Scan:
     _spawn.reap_children()  # a dead child of ours must not look like a live process
     pidfile_pid, note = (None, None)
     if match.pidfile is not None:
         pidfile_pid, note = _read_pidfile(match.pidfile)
         if pidfile_pid is None:
-            return _Scan([], note)
-    protected = _protected_pids()
+            return Scan([], note)
+    protected = protected_pids()
     found: list[tuple[psutil.Process, ProcessInfo]] = []
     pidfile_alive = False
-    attrs = _ATTRS + ["username"] if match.user is not None else _ATTRS
+    attrs = SCAN_ATTRS + ["username"] if match.user is not None else SCAN_ATTRS
     for proc in _candidates(pidfile_pid, attrs):
         info = proc.info
         if info["status"] in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
@@ -191,7 +191,7 @@ def _scan(match: ProcessMatch) -> _Scan:
             if info["pid"] != pidfile_pid:
                 continue
             pidfile_alive = True
-        if info["pid"] in protected or not _matches(match, info):
+        if info["pid"] in protected or not matches(match, info):
             continue
         found.append((proc, ProcessInfo(
             pid=info["pid"], name=info["name"] or "", cmdline=tuple(info["cmdline"] or ()),
@@ -201,7 +201,7 @@ def _scan(match: ProcessMatch) -> _Scan:
             note = f"pid {pidfile_pid} in {match.pidfile} is the agent or one of its parents"
         elif not pidfile_alive:
             note = f"pid {pidfile_pid} in {match.pidfile} is not running"
-    return _Scan(sorted(found, key=lambda f: f[1].pid), note)
+    return Scan(sorted(found, key=lambda f: f[1].pid), note)
 
 
 def _candidates(pid: int | None, attrs: list[str]) -> list[psutil.Process]:
@@ -216,7 +216,7 @@ def _candidates(pid: int | None, attrs: list[str]) -> list[psutil.Process]:
     return [proc]
 
 
-def _matches(match: ProcessMatch, info: dict[str, object]) -> bool:
+def matches(match: ProcessMatch, info: dict[str, object]) -> bool:
     if match.name is not None and info["name"] != match.name:
         return False
     if match.user is not None and info["username"] != match.user:
@@ -232,7 +232,7 @@ def _matches(match: ProcessMatch, info: dict[str, object]) -> bool:
 # --- starting ---------------------------------------------------------------------------
 
 def _start(spec: ProcessSpec, ctx: ProviderContext) -> list[Outcome]:
-    now = _scan(spec.match)  # never act on a stale observation
+    now = scan(spec.match)  # never act on a stale observation
     if now.found:
         return [Outcome("start", True, f"not started: already {describe(spec, _observed(now))}")]
     if not spec.start:
@@ -262,7 +262,7 @@ def _start(spec: ProcessSpec, ctx: ProviderContext) -> list[Outcome]:
 
 
 def _await_match(spec: ProcessSpec, proc: subprocess.Popen[bytes], log_offset: int,
-                 ctx: ProviderContext) -> _Scan:
+                 ctx: ProviderContext) -> Scan:
     """Look until a matching process appears and stays past the settle time.
 
     A program that dies on bad config usually does so within its first moments, possibly
@@ -277,10 +277,10 @@ def _await_match(spec: ProcessSpec, proc: subprocess.Popen[bytes], log_offset: i
             after = format_duration(round(ctx.monotonic() - t0, 1) or 0.1)
             raise ProviderError(f"started pid {pid}, which {_spawn.exit_text(code)} after "
                                 f"{after}" + _spawn.log_tail(spec.log, log_offset))
-        scan = _scan(spec.match)
+        seen = scan(spec.match)
         now = ctx.monotonic()
-        if scan.found and now >= settled:
-            return scan
+        if seen.found and now >= settled:
+            return seen
         if now >= deadline:
             within = f"no process matched {criteria(spec.match)} within " \
                      f"{format_duration(spec.start_timeout)}"
@@ -309,7 +309,7 @@ def _restart(spec: ProcessSpec, ctx: ProviderContext) -> list[Outcome]:
 
 def _stop(spec: ProcessSpec, ctx: ProviderContext) -> list[Outcome]:
     """Signal every matching process, wait, SIGKILL survivors; [] when nothing matched."""
-    found = _scan(spec.match).found  # never act on a stale observation
+    found = scan(spec.match).found  # never act on a stale observation
     _refuse_unsafe([info for _, info in found])
     try:
         sig = signal.Signals["SIG" + spec.stop.signal]
@@ -348,7 +348,7 @@ def _stop(spec: ProcessSpec, ctx: ProviderContext) -> list[Outcome]:
 
 def _refuse_unsafe(targets: list[ProcessInfo]) -> None:
     """The last guard before any signal (observe already leaves these processes out)."""
-    protected = _protected_pids()
+    protected = protected_pids()
     for info in targets:
         if info.pid in protected:
             raise UnsafeOperation(f"refusing to signal pid {info.pid}: it is init, the agent "
