@@ -45,3 +45,15 @@ def collector(tmp_path: Any) -> Iterator[Any]:
         yield proc
     finally:
         proc.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Any]:
+    """A throw-away PostgreSQL server (initdb on a free port), shared by the session."""
+    from tests.harness.postgres import Postgres
+
+    pg = Postgres().start()
+    try:
+        yield pg
+    finally:
+        pg.stop()

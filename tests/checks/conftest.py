@@ -18,9 +18,8 @@ import pytest
 from agent.checks import run_check
 from agent.checks.base import Outcome
 from agent.playbook.models.checks import CheckSpec
-from tests.checks.tlsfixtures import TestCA, server_context
-from tests.harness.postgres import Postgres
 from tests.harness.redis import RedisServer
+from tests.harness.tls import TestCA, server_context
 
 
 def check(**fields: Any) -> Outcome:
@@ -102,15 +101,6 @@ def https_target(test_ca: TestCA) -> Iterator[HttpTarget]:
     target = HttpTarget(server_context(test_ca.issue("https", days_left=60)))
     yield target
     target.close()
-
-
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[Postgres]:
-    pg = Postgres().start()
-    try:
-        yield pg
-    finally:
-        pg.stop()
 
 
 @pytest.fixture

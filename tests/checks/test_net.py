@@ -9,8 +9,8 @@ from pydantic import ValidationError
 
 from agent.playbook.models.checks import CheckSpec
 from tests.checks.conftest import check
-from tests.checks.tlsfixtures import TlsServer
 from tests.harness.collector import free_port
+from tests.harness.tls import TlsServer
 
 
 def test_tcp_open_port_is_healthy_with_latency():

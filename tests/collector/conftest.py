@@ -2,21 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.harness.postgres import Postgres
-
-
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[Postgres]:
-    pg = Postgres().start()
-    try:
-        yield pg
-    finally:
-        pg.stop()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
