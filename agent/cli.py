@@ -20,12 +20,9 @@ if TYPE_CHECKING:
     from agent.engine import Mode
 
 from agent import __version__
+from agent.errors import UsageError
 
 EXIT_OK, EXIT_INTERNAL, EXIT_INPUT, EXIT_DRIFT, EXIT_FAILED = 0, 1, 2, 3, 4
-
-
-class UsageError(Exception):
-    """Bad command-line arguments (exit 2)."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -106,6 +103,9 @@ def _parser() -> argparse.ArgumentParser:
     rs.add_argument("--state-dir", default=None)
     rs.set_defaults(func=cmd_reset)
 
+    from agent.cli_alerting import add_parsers
+
+    add_parsers(sub)
     _server_parser(sub)
     return p
 

@@ -3,6 +3,7 @@
     OpsAgentError
     ├── InputError(ValueError)          bad input: playbook, inventory, arguments (exit 2)
     │                                   carries every Diagnostic found, not only the first
+    ├── UsageError(ValueError)          a bad command-line request (exit 2)
     ├── ProviderError                   a provider could not observe or change the host
     │   ├── ProviderTimeout(TimeoutError)   a provider call ran past its budget
     │   └── UnsafeOperation(PermissionError) refused for safety (symlink in the way, "/")
@@ -45,6 +46,10 @@ class InputError(OpsAgentError, ValueError):
     def __init__(self, diagnostics: list[Diagnostic]) -> None:
         self.diagnostics = diagnostics
         super().__init__("\n".join(d.format() for d in diagnostics))
+
+
+class UsageError(OpsAgentError, ValueError):
+    """A bad command-line request that has no file position (exit 2), e.g. an unknown id."""
 
 
 class ProviderError(OpsAgentError):

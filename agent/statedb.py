@@ -37,6 +37,21 @@ CREATE TABLE IF NOT EXISTS outbox_parked (
     created REAL NOT NULL, size INTEGER NOT NULL, body BLOB NOT NULL, reason TEXT NOT NULL,
     parked_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS outbox_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS alert_state (key TEXT PRIMARY KEY, doc TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS notify_queue (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, notifier TEXT NOT NULL, spec TEXT NOT NULL,
+    body TEXT NOT NULL, created REAL NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+    next_at REAL NOT NULL, last_error TEXT);
+CREATE INDEX IF NOT EXISTS notify_queue_due ON notify_queue (notifier, next_at, seq);
+CREATE TABLE IF NOT EXISTS notify_dead (
+    seq INTEGER PRIMARY KEY, notifier TEXT NOT NULL, spec TEXT NOT NULL, body TEXT NOT NULL,
+    created REAL NOT NULL, attempts INTEGER NOT NULL, reason TEXT NOT NULL, at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS alert_acks (
+    alert_id TEXT PRIMARY KEY, at REAL NOT NULL, by TEXT NOT NULL, comment TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS silences (
+    id TEXT PRIMARY KEY, rule TEXT NOT NULL, labels TEXT NOT NULL, starts REAL NOT NULL,
+    ends REAL, until_resolved INTEGER NOT NULL, comment TEXT NOT NULL, by TEXT NOT NULL,
+    created REAL NOT NULL);
 """
 
 

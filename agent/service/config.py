@@ -94,6 +94,11 @@ class AgentConfig(Spec):
     metrics_listen: str | None = Field(
         None, description="Serve Prometheus /metrics on this HOST:PORT (off by default).",
         examples=["127.0.0.1:9109"], pattern=r"^[^\s:]*:[0-9]{1,5}$")
+    health_listen: str | None = Field(
+        None, description="Serve the checks' aggregate on http://HOST:PORT/health (200 "
+        "healthy, 503 otherwise); off by default.", examples=["127.0.0.1:9110"],
+        pattern=r"^[^\s:]*:[0-9]{1,5}$")
+    check_workers: int = Field(8, ge=1, le=64, description="Checks running at once at most.")
     memory_limit: Size = Field(
         256 * 2**20, description="Above this resident size the agent restarts itself cleanly.",
         examples=["256MiB"])

@@ -38,6 +38,7 @@ from typing import Any
 from agent import __version__
 from agent.engine import Engine, ResourceResult, RunResult
 from agent.errors import OpsAgentError
+from agent.pending import PendingHandlers
 from agent.playbook import LoadedPlaybook
 from agent.playbook.models import RESOURCE_KINDS
 from agent.playbook.types import format_duration
@@ -55,6 +56,7 @@ log = logging.getLogger("opsagent.service")
 
 FILE_SETTLE_S = 0.05  # editors write in steps: let a burst of file events settle first
 WATCH_SETTLE_S = 0.5  # a resource first watched is observed once more after this
+STATUS_EVERY_S = 5.0  # status.json at most this stale while checks run
 RETRY_FIRST_S = 0.5  # first retry of a failed resource; doubles up to the interval
 _KINDS_WITH_BUDGET = ("processes", "services", "containers")
 
@@ -80,6 +82,9 @@ class Agent:
         self.lock = StateLock(cfg.state_dir)
         self.reporter = Reporter(cfg)
         self.metrics: Any = None
+        self.observer: Any = None
+        self.health_server: Any = None
+        self.next_status = 0.0
         self.sel = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -117,6 +122,7 @@ class Agent:
         try:
             self._install_signals()
             self.reporter.start()
+            self._start_observer()
             self._serve_metrics()
             self.sel.register(self._wake_r, selectors.EVENT_READ, "wake")
             self.inotify = Inotify()
@@ -157,6 +163,13 @@ class Agent:
         for fd in list(self.watched.fd_ref):
             with contextlib.suppress(OSError):
                 os.close(fd)
+        if self.health_server is not None:
+            self.health_server.shutdown()
+        if self.observer is not None:
+            try:
+                self.observer.stop()
+            except Exception:  # what is unsent stays queued in state.db for the next start
+                log.exception("stopping the notification dispatcher")
         with contextlib.suppress(OSError):
             self._write_status()
         try:
@@ -195,6 +208,10 @@ class Agent:
                     self._write_status()
             if isinstance(self.source, GitRepoSource) and time.monotonic() >= self.next_pull:
                 self._start_reload(forced=False)
+            if self.observer is not None:
+                self.observer.run_due()
+                if self.observer.active and time.monotonic() >= self.next_status:
+                    self._write_status()  # check results and alerts, a few seconds fresh
             self._beat()
             self._check_memory()
             if self.stopping:
@@ -208,6 +225,8 @@ class Agent:
             wake_at.append(self.next_pull)
         if self.notifier.watchdog_interval:
             wake_at.append(self.next_beat)
+        if self.observer is not None and (due := self.observer.next_due()) is not None:
+            wake_at.append(due)
         timeout = max(0.0, min(wake_at) - now)
         for key, _mask in self.sel.select(timeout):
             self._on_ready(key)
@@ -250,6 +269,8 @@ class Agent:
                     self._schedule(ref, now, f"container {value} changed")
             elif kind == "revision":
                 self._adopt(value)
+            elif kind == "check":
+                self.observer.on_result(value)
 
     def _schedule(self, ref: str, at: float, why: str) -> None:
         log.debug("%s: %s", ref, why)
@@ -520,6 +541,8 @@ class Agent:
         for pb in new.playbooks:
             declared |= _refs_of(pb)
         self._forget_watches(declared)
+        if self.observer is not None:
+            self.observer.configure(new.playbooks)
         if isinstance(self.source, GitRepoSource):
             self.source.keep({new.id})
         names = ", ".join(pb.model.name for pb in new.playbooks)
@@ -565,15 +588,64 @@ class Agent:
             text += f"; refused {self.rejected['revision']}"
         return text
 
-    def _alert(self, key: str, severity: str, text: str) -> None:
-        """An alert event: in state.db for `opsagent status`, and to the collector."""
+    def _alert(self, key: str, severity: str, text: str, **more: Any) -> None:
+        """An alert event: in state.db for `opsagent status`, and to the collector
+        (``more``: a rule's state, alert_id, value, muted_by)."""
         try:
             status_file.raise_alert(self.cfg.state_dir, key, severity, text)
         except OpsAgentError as e:
             log.error("cannot record the alert for %s: %s", key, e)
-        self.reporter.alert(key, severity, text)
+        self.reporter.alert(key, severity, text, **more)
         if self.metrics is not None:
             self.metrics.alerts.labels(severity).inc()
+
+    def _start_observer(self) -> None:
+        from agent.service.observing import Observer
+
+        self.observer = Observer(self.cfg.state_dir, self.cfg.host, self.post, self._alert,
+                                 self._act, self.cfg.check_workers)
+        self.observer.start()
+        if self.cfg.health_listen:
+            from agent.service.health import serve
+
+            host, _, port = self.cfg.health_listen.rpartition(":")
+            self.health_server = serve(host or "127.0.0.1", int(port), self.observer.health,
+                                       self.cfg.host)
+            log.info("health on http://%s/health", self.cfg.health_listen)
+
+    def _act(self, playbook: str, rule: str, action: Any, variables: dict[str, Any]) -> None:
+        """A firing rule's automatic action (muted rules never get here)."""
+        if action.restart is not None:
+            # the handler path: written down first, run by the next targeted reconcile,
+            # under the resource's restart budget, and reported like any restart
+            PendingHandlers(self.cfg.state_dir).add(playbook, [action.restart],
+                                                    f"threshold:{rule}", time.time())
+            self._schedule(action.restart, time.monotonic(), f"threshold {rule} fired")
+            log.warning("threshold %s fired: restarting %s", rule, action.restart,
+                        extra={"rule": rule, "ref": action.restart})
+        elif action.run is not None:
+            spec = action.run
+
+            def job() -> None:
+                from agent.actions.run import run
+
+                try:
+                    out = run(spec.argv, {**variables, "rule": rule}, spec.timeout)
+                except Exception as e:  # a template that fails at fire time
+                    self._alert(f"threshold:{rule}", "warning", f"run action refused: {e}")
+                    return
+                text = (f"run {out.argv[0]}: " + ("timed out" if out.returncode is None
+                                                  else f"exit {out.returncode}")
+                        + (f": {out.output.strip()[-300:]}" if out.output.strip() else ""))
+                level = logging.INFO if out.ok else logging.WARNING
+                log.log(level, "threshold %s: %s", rule, text, extra={"rule": rule})
+                if not out.ok:
+                    self._alert(f"threshold:{rule}", "warning", text)
+
+            threading.Thread(target=job, name="opsagent-action", daemon=True).start()
+        else:
+            log.warning("threshold %s: %s actions belong to log watches; ignored", rule,
+                        "block_ip" if action.block_ip else "snapshot")
 
     def _serve_metrics(self) -> None:
         if not self.cfg.metrics_listen:
@@ -599,7 +671,9 @@ class Agent:
             "rss_bytes": _rss(),
             "collector": ({"url": self.cfg.collector.url, **(self.reporter.state() or {})}
                           if self.cfg.collector else None),
+            **(self.observer.status() if self.observer is not None else {}),
         }
+        self.next_status = time.monotonic() + STATUS_EVERY_S
         try:
             status_file.write(self.cfg.state_dir, doc)
         except OSError as e:

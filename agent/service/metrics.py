@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from agent.checks.base import HEALTH_RANK
 from agent.engine import RunResult
 
 
@@ -30,6 +31,7 @@ class _Live(Collector):
         yield GaugeMetricFamily("opsagent_budgets_exhausted",
                                 "Resources whose restart budget is spent",
                                 value=len(self.agent.exhausted))
+        yield from self._checks()
         state = self.agent.reporter.state()
         if state is not None and "depth" in state:
             yield GaugeMetricFamily("opsagent_outbox_reports", "Reports waiting to be sent",
@@ -41,6 +43,33 @@ class _Live(Collector):
                                     value=state.get("dropped_total", 0))
             yield GaugeMetricFamily("opsagent_reports_sent", "Reports the collector took",
                                     value=state.get("sent_total", 0))
+
+
+    def _checks(self) -> Iterator[GaugeMetricFamily]:
+        obs = self.agent.observer
+        if obs is None:
+            return
+        _, detail = obs.health()
+        status = GaugeMetricFamily("opsagent_check_status", "A check's health: 0 healthy, "
+                                   "1 degraded, 2 unhealthy", labels=["check"])
+        latency = GaugeMetricFamily("opsagent_check_latency_ms", "A check's last latency",
+                                    labels=["check"])
+        for name, d in detail.items():
+            if d["status"] in HEALTH_RANK:
+                status.add_metric([name], HEALTH_RANK[d["status"]])
+            if d["latency_ms"] is not None:
+                latency.add_metric([name], d["latency_ms"])
+        yield status
+        yield latency
+        firing = GaugeMetricFamily("opsagent_alerts_active", "Alerts pending, firing or "
+                                   "flapping", labels=["state", "severity"])
+        counts: dict[tuple[str, str], int] = {}
+        for a in obs.alerting.snapshot():
+            k = (a["state"], a["severity"] or "")
+            counts[k] = counts.get(k, 0) + 1
+        for (state, sev), n in counts.items():
+            firing.add_metric([state, sev], n)
+        yield firing
 
 
 class AgentMetrics:

@@ -80,9 +80,36 @@ def render(g: dict[str, Any]) -> str:
                           else f"  [budget {b['left']}/{b['max']} left in {b['within']}]")
             lines.append(f"{ref:<{width}}  {e['status']:<7}  {_ago(e.get('at')):>8}  "
                          f"{e['message']}{budget}")
+    lines.extend(_checks(doc))
     if g["alerts"]:
         lines.append("")
         lines.append("recent alerts:")
         for a in g["alerts"]:
             lines.append(f"  {_ago(a['at'])}: [{a['severity']}] {a['message']}")
     return "\n".join(lines)
+
+
+def _checks(doc: dict[str, Any]) -> list[str]:
+    """Checks with their health, alerts not inactive, the notifications waiting."""
+    lines: list[str] = []
+    checks = doc.get("checks") or {}
+    if checks:
+        width = max(len(n) for n in checks)
+        lines += ["", f"checks: {doc.get('health', '?')}"]
+        for name, c in sorted(checks.items()):
+            lat = f"{c['latency_ms']:.0f} ms" if c.get("latency_ms") is not None else ""
+            lines.append(f"  {name:<{width}}  {c['status']:<9}  {_ago(c.get('at')):>8}  "
+                         f"{lat:>8}  {c['message']}")
+    for a in doc.get("alerts") or []:
+        if not lines or not lines[-1].startswith("alerts"):
+            lines += ["", "alerts (ack with `opsagent alert ack ID`):"]
+        ack = ", acknowledged" if a.get("acked") else ""
+        told = ", notified " + ", ".join(a["notified"]) if a.get("notified") else ""
+        lines.append(f"  {a.get('alert_id') or '-':<8}  {a['rule']}: {a['state']} since "
+                     f"{_ago(a.get('since'))} [{a.get('severity')}] value {a.get('value')}"
+                     f"{told}{ack}")
+    n = doc.get("notifications") or {}
+    if n.get("count"):
+        lines += ["", f"notifications waiting: {n['count']}"
+                  + (f"; last error: {n['last_error']}" if n.get("last_error") else "")]
+    return lines

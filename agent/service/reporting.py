@@ -65,12 +65,13 @@ class Reporter:
             return
         self._put(report_of(run, __version__))
 
-    def alert(self, key: str, severity: str, message: str) -> None:
+    def alert(self, key: str, severity: str, message: str, **more: Any) -> None:
+        """``more``: state, alert_id, value, muted_by (see AlertDoc)."""
         from agent.report.document import AlertDoc, AlertReport
 
         self._put(AlertReport(host=self.cfg.host, agent_version=__version__,
-                              alert=AlertDoc(key=key, severity=severity,
-                                             message=message)))
+                              alert=AlertDoc(key=key, severity=severity, message=message,
+                                             **more)))
 
     def revision(self, new: str, previous: str | None, playbooks: list[str]) -> None:
         from agent.report.document import RevisionDoc, RevisionReport

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 
 from agent.playbook.models.base import Spec
+from agent.playbook.types import Duration
 
 
 def _one_secret(spec: Spec, *names: str) -> None:
@@ -27,6 +28,8 @@ class Slack(Spec):
 class PagerDuty(Spec):
     routing_key_env: str | None = Field(None, examples=["PD_ROUTING_KEY"])
     routing_key_file: str | None = None
+    url: str = Field("https://events.pagerduty.com/v2/enqueue", pattern=r"^https?://",
+                     description="Events API v2 endpoint (a proxy's, or a test server's).")
 
     @model_validator(mode="after")
     def _check(self) -> PagerDuty:
@@ -41,6 +44,19 @@ class Smtp(Spec):
     username: str | None = None
     password_env: str | None = None
     password_file: str | None = None
+    ca_file: str | None = Field(None, description="CA bundle for STARTTLS (default: the "
+                                "system's).")
+    timeout: Duration = Field(10.0, examples=["10s"])
+
+    @model_validator(mode="after")
+    def _auth(self) -> Smtp:
+        if self.password_env is not None and self.password_file is not None:
+            raise ValueError("give at most one of password_env, password_file")
+        has_password = self.password_env is not None or self.password_file is not None
+        if (self.username is None) != (not has_password):
+            raise ValueError("username and a password (password_env or password_file) go "
+                             "together")
+        return self
 
 
 class Email(Spec):
