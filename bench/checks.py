@@ -198,7 +198,7 @@ def main():
     args = ap.parse_args()
     isolate_network()
     port = serve()
-    target = subprocess.Popen(["sleep", "100000", MARK])
+    target = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(10**6)", MARK])
     root = os.environ.get("BENCH_ROOT", "/tmp/bench")
     os.makedirs(root, exist_ok=True)
     results = {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.server
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from email import message_from_bytes
@@ -19,6 +20,7 @@ class Recorded:
     headers: dict[str, str]
     body: bytes
     status: int  # what the recorder answered
+    at: float = field(default_factory=time.monotonic)
 
 
 @dataclass
