@@ -94,8 +94,9 @@ def write_opsagent(work, n, interval, port):
             probe = ("memory: {max_percent: 99}" if i % 20 < 10
                      else "load: {max_per_core: 50}")
         lines.append(f"  - {{name: {name}, interval: {interval}s, {probe}}}")
-    lines.append("thresholds:")
-    for j, (_kind, i) in enumerate([m for m in mix(n) if m[0] in ("http", "tcp")][:20]):
+    probed = [m for m in mix(n) if m[0] in ("http", "tcp")][:20]
+    lines.append("thresholds:" if probed else "")
+    for j, (_kind, i) in enumerate(probed):
         lines.append(f"  - {{name: t{j:02d}, metric: check.c{i:03d}.latency_ms, above: 1000, "
                      "for: 1m}")
     with open(os.path.join(pb, "checks.yaml"), "w") as f:

@@ -56,6 +56,7 @@ log = logging.getLogger("opsagent.service")
 
 FILE_SETTLE_S = 0.05  # editors write in steps: let a burst of file events settle first
 WATCH_SETTLE_S = 0.5  # a resource first watched is observed once more after this
+MEMORY_CHECK_EVERY_S = 1.0
 STATUS_EVERY_S = 5.0  # status.json at most this stale while checks run
 RETRY_FIRST_S = 0.5  # first retry of a failed resource; doubles up to the interval
 _KINDS_WITH_BUDGET = ("processes", "services", "containers")
@@ -85,6 +86,7 @@ class Agent:
         self.observer: Any = None
         self.health_server: Any = None
         self.next_status = 0.0
+        self.next_memory_check = 0.0
         self.sel = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -269,8 +271,6 @@ class Agent:
                     self._schedule(ref, now, f"container {value} changed")
             elif kind == "revision":
                 self._adopt(value)
-            elif kind == "check":
-                self.observer.on_result(value)
 
     def _schedule(self, ref: str, at: float, why: str) -> None:
         log.debug("%s: %s", ref, why)
@@ -557,7 +557,12 @@ class Agent:
     # --- self-care ----------------------------------------------------------------------
 
     def _check_memory(self) -> None:
-        """Above memory_limit, restart in place (exec): same pid for systemd, fresh heap."""
+        """Above memory_limit, restart in place (exec): same pid for systemd, fresh heap.
+        Looked at once a second at most (checks wake the loop dozens of times a second)."""
+        now = time.monotonic()
+        if now < self.next_memory_check:
+            return
+        self.next_memory_check = now + MEMORY_CHECK_EVERY_S
         rss = _rss()
         if self.baseline_rss is None:
             self.baseline_rss = rss
@@ -602,8 +607,8 @@ class Agent:
     def _start_observer(self) -> None:
         from agent.service.observing import Observer
 
-        self.observer = Observer(self.cfg.state_dir, self.cfg.host, self.post, self._alert,
-                                 self._act, self.cfg.check_workers)
+        self.observer = Observer(self.cfg.state_dir, self.cfg.host, self._alert, self._act,
+                                 self.cfg.check_workers)
         self.observer.start()
         if self.cfg.health_listen:
             from agent.service.health import serve

@@ -49,7 +49,7 @@ class _Live(Collector):
         obs = self.agent.observer
         if obs is None:
             return
-        _, detail = obs.health()
+        _, detail = obs.health(history=False)
         status = GaugeMetricFamily("opsagent_check_status", "A check's health: 0 healthy, "
                                    "1 degraded, 2 unhealthy", labels=["check"])
         latency = GaugeMetricFamily("opsagent_check_latency_ms", "A check's last latency",

@@ -1,8 +1,10 @@
 """Checks, thresholds and alerts inside the agent service.
 
 Checks run on their own intervals in a small thread pool (a slow or hanging probe never
-holds up the loop or another check; a check still running is not started again). Each
-result comes back to the loop through ``post("check", ...)``, becomes metrics
+holds up the loop or another check; a check still running is not started again). The loop
+works in ticks of ``TICK_S``: due checks are started together and finished results taken
+together, so 500 checks every 10 s wake the loop 4 times a second, not 100. Each result
+becomes metrics
 (``check.NAME.KEY``) and is fed to the thresholds that read it; thresholds on host metrics
 sample them on their own ``interval``. Alerts go to :class:`agent.rules.alerting.Alerting`,
 notifications to the durable queue in state.db that a dispatcher thread delivers, and the
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import math
 import threading
 import time
 import zlib
@@ -30,6 +33,7 @@ from agent.rules.alerting import GROUP_WAIT_S, Act, Alerting, Rule
 
 log = logging.getLogger("opsagent.checks")
 
+TICK_S = 0.25  # checks start and results are taken on this grid
 HISTORY = 10  # results kept per check for /health and `opsagent status`
 FIRST_SPREAD_S = 5.0  # first runs are spread over this much (a stable offset per check)
 
@@ -43,23 +47,27 @@ class CheckState:
     history: deque[tuple[float, Health, float | None, str]] = field(
         default_factory=lambda: deque(maxlen=HISTORY))
 
-    def doc(self) -> dict[str, Any]:
+    def doc(self, history: bool = True) -> dict[str, Any]:
+        """The latest result; with ``history`` (for /health) the last few as well."""
         o = self.outcome
-        return {"playbook": self.playbook, "probe": self.spec.probe,
-                "status": o.status if o else "pending", "message": o.message if o else
-                "not run yet", "latency_ms": o.latency_ms if o else None, "at": self.at,
-                "values": dict(o.values) if o else {},
-                "history": [{"at": at, "status": s, "latency_ms": lat, "message": m}
-                            for at, s, lat, m in self.history]}
+        doc: dict[str, Any] = {
+            "playbook": self.playbook, "probe": self.spec.probe,
+            "status": o.status if o else "pending",
+            "message": o.message if o else "not run yet",
+            "latency_ms": o.latency_ms if o else None, "at": self.at,
+            "values": dict(o.values) if o else {}}
+        if history:
+            doc["history"] = [{"at": at, "status": s, "latency_ms": lat, "message": m}
+                              for at, s, lat, m in self.history]
+        return doc
 
 
 class Observer:
-    def __init__(self, state_dir: str, host: str, post: Callable[[str, Any], None],
-                 report: Callable[..., None], act: Act,
+    def __init__(self, state_dir: str, host: str, report: Callable[..., None], act: Act,
                  workers: int = 8) -> None:
         from agent.notifiers.queue import Dispatcher, NotifyQueue
 
-        self.post = post
+        self.finished: deque[tuple[CheckSpec, Outcome, float]] = deque()  # from workers
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="opsagent-check")
         self.checks: dict[str, CheckState] = {}
         self.queue: list[tuple[float, str]] = []  # (monotonic due, check name), a heap
@@ -141,11 +149,15 @@ class Observer:
         """Monotonic time something is due (a check, a host metric, alerting's own work)."""
         due = [self.next_tick]
         if self.queue:
-            due.append(self.queue[0][0])
+            due.append(math.ceil(self.queue[0][0] / TICK_S) * TICK_S)
+        if self.running or self.finished:
+            due.append(math.floor(time.monotonic() / TICK_S + 1) * TICK_S)
         due.extend(t for _, t in self.host_rules.values())
         return min(due) if (self.checks or self.host_rules or self.alerting.alerts) else None
 
     def run_due(self) -> None:
+        while self.finished:
+            self.on_result(self.finished.popleft())
         now = time.monotonic()
         while self.queue and self.queue[0][0] <= now:
             _, name = heapq.heappop(self.queue)
@@ -178,7 +190,7 @@ class Observer:
         except Exception as e:  # run_check grades probe errors; this is a bug of ours
             log.exception("check %s crashed", spec.name)
             outcome = Outcome("unhealthy", f"internal error: {e}")
-        self.post("check", (spec, outcome, time.time()))
+        self.finished.append((spec, outcome, time.time()))  # taken at the next tick
 
     def on_result(self, value: tuple[CheckSpec, Outcome, float]) -> None:
         spec, outcome, at = value
@@ -211,15 +223,15 @@ class Observer:
 
     # --- what others read ---------------------------------------------------------------
 
-    def health(self) -> tuple[Health, dict[str, Any]]:
+    def health(self, history: bool = True) -> tuple[Health, dict[str, Any]]:
         """The aggregate (worst of every check that has run) and the per-check detail."""
         with self.lock:
-            detail = {n: st.doc() for n, st in self.checks.items()}
+            detail = {n: st.doc(history) for n, st in self.checks.items()}
         states = [d["status"] for d in detail.values() if d["status"] != "pending"]
         status: Health = worst(*states) if states else "healthy"
         return status, detail
 
     def status(self) -> dict[str, Any]:
-        health, detail = self.health()
+        health, detail = self.health(history=False)  # status.json: small, written often
         return {"health": health, "checks": detail, "alerts": self.alerting.snapshot(),
                 "notifications": self.notify_queue.pending()}

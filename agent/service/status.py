@@ -18,8 +18,8 @@ def write(state_dir: str, doc: dict[str, Any]) -> None:
     os.makedirs(state_dir, mode=0o700, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".status.", dir=state_dir)
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f, indent=1, default=str)
+        with os.fdopen(fd, "w") as f:  # dumps: the C encoder (dump's is pure Python)
+            f.write(json.dumps(doc, separators=(",", ":"), default=str))
         os.replace(tmp, os.path.join(state_dir, STATUS_NAME))
     except BaseException:
         os.unlink(tmp)

@@ -44,6 +44,18 @@ def opsagent(*args: str, root: Path) -> subprocess.CompletedProcess[str]:
                           timeout=30)
 
 
+def disk_playbook(rule: str, mnt: Path, notifier: str, limits: str = "above: 60",
+                  extra: str = "") -> str:
+    """A playbook with one disk threshold on ``mnt`` told to ``notifier`` (YAML mapping)."""
+    return (f"name: disk\nthresholds:\n  - {{name: {rule}, metric: disk.used_percent, "
+            f"path: {mnt}, {limits}, interval: 1s, actions: [{{notify: n}}]}}\n"
+            f"notifiers:\n  n: {notifier}\n{extra}")
+
+
+def webhook(rec: HttpRecorder) -> str:
+    return f'{{webhook: {{url: "{rec.url}"}}}}'
+
+
 def bodies(rec: HttpRecorder) -> list[dict[str, Any]]:
     return [json.loads(r.body) for r in rec.requests]
 
@@ -84,7 +96,9 @@ def test_http_500_fires_after_for_notifies_slack_and_pagerduty_once_then_resolve
         assert trigger["event_action"] == "trigger" and trigger["routing_key"] == "R0UT1NGKEY"
         assert trigger["payload"]["severity"] == "critical"
         assert trigger["payload"]["source"] == "web01"
-        alert_id = proc.status()["alerts"][0]["alert_id"]  # type: ignore[index]
+        firing = wait_for(lambda: [a for a in (proc.status() or {}).get("alerts", [])
+                                   if a["state"] == "firing"], 10, "the alert in status.json")
+        alert_id = firing[0]["alert_id"]
         listed = opsagent("alert", "list", root=tmp_path)
         assert alert_id in listed.stdout and "firing" in listed.stdout
 
@@ -142,14 +156,7 @@ def test_postgres_held_near_max_connections_fires(tmp_path: Path, postgres: Any)
 def test_disk_threshold_fires_on_a_small_filesystem_the_test_fills(tmp_path: Path) -> None:
     hook = HttpRecorder()
     with mounted_tmpfs(tmp_path / "mnt") as mnt:
-        proc = agent(tmp_path, f"""\
-            name: disk
-            thresholds:
-              - {{name: disk-small, metric: disk.used_percent, path: {mnt}, above: 60,
-                 interval: 1s, actions: [{{notify: hook}}]}}
-            notifiers:
-              hook: {{webhook: {{url: "{hook.url}"}}}}
-            """)
+        proc = agent(tmp_path, disk_playbook("disk-small", mnt, webhook(hook)))
         try:
             time.sleep(1.5)
             assert hook.requests == []
@@ -169,14 +176,8 @@ def test_disk_threshold_fires_on_a_small_filesystem_the_test_fills(tmp_path: Pat
 def test_flapping_inside_the_hysteresis_band_notifies_once(tmp_path: Path) -> None:
     hook = HttpRecorder()
     with mounted_tmpfs(tmp_path / "mnt") as mnt:
-        proc = agent(tmp_path, f"""\
-            name: disk
-            thresholds:
-              - {{name: disk-band, metric: disk.used_percent, path: {mnt}, above: 70,
-                 clear_below: 30, interval: 1s, actions: [{{notify: hook}}]}}
-            notifiers:
-              hook: {{webhook: {{url: "{hook.url}"}}}}
-            """)
+        proc = agent(tmp_path, disk_playbook("disk-band", mnt, webhook(hook),
+                                             "above: 70, clear_below: 30"))
         try:
             fill = mnt / "fill"
             for size_mib in (3.5, 2, 3.5, 1.5, 3.6, 2.2, 3.5):  # 87 %, 50 %, … never < 30 %
@@ -199,18 +200,11 @@ def test_maintenance_window_and_silence_mute_notifications(tmp_path: Path,
     iso = "%Y-%m-%dT%H:%M:%SZ"
     with mounted_tmpfs(tmp_path / "mnt") as mnt:
         (mnt / "fill").write_bytes(b"x" * (3 << 20))
-        proc = agent(tmp_path, f"""\
-            name: disk
-            thresholds:
-              - {{name: disk-a, metric: disk.used_percent, path: {mnt}, above: 60,
-                 interval: 1s, actions: [{{notify: hook}}]}}
-            maintenance:
-              - name: patching
-                from: "{time.strftime(iso, time.gmtime(now - 60))}"
-                until: "{time.strftime(iso, time.gmtime(now + 8))}"
-            notifiers:
-              hook: {{webhook: {{url: "{hook.url}"}}}}
-            """, extra_config=f"collector: {{url: '{collector.url}', token_file: token}}\n")
+        window = (f"maintenance: [{{name: patching, from: "
+                  f"'{time.strftime(iso, time.gmtime(now - 60))}', "
+                  f"until: '{time.strftime(iso, time.gmtime(now + 8))}'}}]\n")
+        proc = agent(tmp_path, disk_playbook("disk-a", mnt, webhook(hook), extra=window),
+                     extra_config=f"collector: {{url: '{collector.url}', token_file: token}}\n")
         try:
             def muted_firing() -> list[dict[str, Any]]:
                 return [r for r in collector.stored("web01")
@@ -232,14 +226,7 @@ def test_maintenance_window_and_silence_mute_notifications(tmp_path: Path,
                        root=root2)
         assert out.returncode == 0, out.stderr
         silence_id = out.stdout.split()[1]
-        proc = agent(root2, f"""\
-            name: disk
-            thresholds:
-              - {{name: disk-b, metric: disk.used_percent, path: {mnt}, above: 60,
-                 interval: 1s, actions: [{{notify: hook}}]}}
-            notifiers:
-              hook: {{webhook: {{url: "{hook2.url}"}}}}
-            """)
+        proc = agent(root2, disk_playbook("disk-b", mnt, webhook(hook2)))
         try:
             wait_for(lambda: (proc.status() or {}).get("alerts"), 10, "the alert firing")
             time.sleep(2)
@@ -286,15 +273,9 @@ def test_smtp_down_delays_the_mail_but_loses_nothing(tmp_path: Path) -> None:
     port = free_port()
     with mounted_tmpfs(tmp_path / "mnt") as mnt:
         (mnt / "fill").write_bytes(b"x" * (3 << 20))
-        proc = agent(tmp_path, f"""\
-            name: disk
-            thresholds:
-              - {{name: disk-mail, metric: disk.used_percent, path: {mnt}, above: 60,
-                 interval: 1s, actions: [{{notify: mail}}]}}
-            notifiers:
-              mail: {{email: {{to: [ops@example.com], from: agent@example.com,
-                               smtp: {{host: 127.0.0.1, port: {port}}}}}}}
-            """)
+        mail = (f"{{email: {{to: [ops@example.com], from: agent@example.com, "
+                f"smtp: {{host: 127.0.0.1, port: {port}}}}}}}")
+        proc = agent(tmp_path, disk_playbook("disk-mail", mnt, mail))
         smtp = SmtpRecorder(port=port)
         try:
             wait_for(lambda: ((proc.status() or {}).get("notifications") or {}).get("count"),
