@@ -182,10 +182,11 @@ def verify_opsagent(work, n):
         doc = json.load(f)
     checks = doc.get("checks") or {}
     bad = {k: v["message"] for k, v in checks.items() if v["status"] != "healthy"}
-    runs = min((len(v["history"]) for v in checks.values()), default=0)
-    if len(checks) != n or bad or runs < 3:
+    oldest = min((v["at"] or 0 for v in checks.values()), default=0)
+    age = doc["updated_at"] - oldest  # every check ran within its interval (+ a tick)
+    if len(checks) != n or bad or age > 15:
         raise SystemExit(f"verify: {len(checks)}/{n} checks, {len(bad)} not healthy "
-                         f"({list(bad.items())[:3]}), fewest runs {runs}")
+                         f"({list(bad.items())[:3]}), oldest result {age:.1f}s old")
 
 
 def main():

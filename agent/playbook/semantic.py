@@ -15,7 +15,7 @@ from agent.playbook.templating import has_template, undeclared
 RESTARTABLE = ("processes", "services", "containers")
 NAMED_KINDS = (*RESOURCE_KINDS, "checks", "thresholds", "watches", "backups")
 WATCH_RUNTIME = {"key", "count", "line", "watch", "host"}
-THRESHOLD_RUNTIME = {"value", "metric", "threshold", "severity", "host"}
+THRESHOLD_RUNTIME = {"value", "metric", "threshold", "severity", "host", "rule"}
 
 
 def check(doc: Document, pb: Playbook) -> list[Diagnostic]:

@@ -18,7 +18,7 @@ from tests.harness.collector import free_port
 from tests.harness.recorders import HttpRecorder, SmtpRecorder
 from tests.harness.targets import HttpTarget, mounted_tmpfs
 from tests.harness.tls import TestCA, TlsServer
-from tests.service.agentproc import REPO, AgentProc, wait_for
+from tests.service.agentproc import REPO, AgentProc, alive, read_pid, wait_for
 
 SLACK_ENV = "TEST_SLACK_URL"
 PD_KEY_ENV = "TEST_PD_KEY"
@@ -289,3 +289,46 @@ def test_smtp_down_delays_the_mail_but_loses_nothing(tmp_path: Path) -> None:
         finally:
             proc.stop()
             smtp.stop()
+
+
+def test_a_firing_threshold_restarts_and_runs_once_per_episode(
+        tmp_path: Path, mark: str) -> None:
+    out = tmp_path / "ran"
+    pidfile = tmp_path / "worker.pid"
+    with mounted_tmpfs(tmp_path / "mnt") as mnt:
+        proc = agent(tmp_path, f"""\
+            name: act
+            processes:
+              - name: worker
+                match: {{pidfile: {pidfile}}}
+                start: [{sys.executable}, -c, "import time; time.sleep(10**6)", {mark}]
+                pidfile: {pidfile}
+            thresholds:
+              - name: disk-act
+                metric: disk.used_percent
+                path: {mnt}
+                above: 60
+                interval: 1s
+                actions:
+                  - restart: "processes:worker"
+                  - run:
+                      argv: [{sys.executable}, -c,
+                             "import sys; open(sys.argv[1], 'a').write(sys.argv[2] + chr(10))",
+                             "{out}", "{{{{ rule }}}} {{{{ value | round(0) }}}}; rm -rf /"]
+            """)
+        try:
+            first = wait_for(lambda: (p := read_pid(pidfile)) and alive(p) and p, 10,
+                             "the worker")
+            (mnt / "fill").write_bytes(b"x" * (3 << 20))
+            wait_for(lambda: out.exists() and out.read_text(), 15, "the run action")
+            new = wait_for(lambda: (p := read_pid(pidfile)) != first and alive(p) and p, 15,
+                           "the worker restarted by the action")
+            assert new != first
+            time.sleep(2.5)  # still firing: the actions ran once for this episode
+            (line,) = out.read_text().splitlines()
+            assert line.startswith("disk-act ") and line.endswith("; rm -rf /")  # one argument
+            assert read_pid(pidfile) == new
+            events = [e for e in proc.logs() if e.get("rule") == "disk-act"]
+            assert any("restarting processes:worker" in e["msg"] for e in events)
+        finally:
+            proc.stop()
