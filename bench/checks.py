@@ -32,6 +32,9 @@ import tempfile
 import threading
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from netns import isolate_network  # noqa: E402
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 VENV = os.environ.get("OPSAGENT_VENV") or os.path.join(REPO, ".venv")
@@ -39,13 +42,6 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 MARK = "opsagent-bench-target"
 
 
-def isolate_network():
-    if os.environ.get("PEERS_NETNS") == "1":
-        return
-    os.environ["PEERS_NETNS"] = "1"
-    os.execvp("unshare", ["unshare", "--net", "--", "sh", "-c",
-                          'ip link set lo up 2>/dev/null || true; exec "$@"', "sh",
-                          sys.executable, os.path.abspath(__file__), *sys.argv[1:]])
 
 
 class Quiet(http.server.BaseHTTPRequestHandler):
@@ -198,7 +194,7 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--peers", default="monit")
     args = ap.parse_args()
-    isolate_network()
+    isolate_network(__file__)
     port = serve()
     target = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(10**6)", MARK])
     root = os.environ.get("BENCH_ROOT", "/tmp/bench")

@@ -34,6 +34,9 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from netns import isolate_network  # noqa: E402
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 PEERS_DIR = os.path.abspath(os.environ.get("PEERS_DIR")
@@ -53,16 +56,6 @@ PLAYBOOK_NAME = "s1-converge-files"
 N_OPS = peer.N_FILES + peer.N_DIRS
 
 
-def isolate_network():
-    """peer.isolate_network, re-executing *this* script (the peer's re-execs its own file)."""
-    if os.environ.get("PEERS_NETNS") == "1":
-        return
-    if shutil.which("unshare") is None:
-        sys.exit("unshare (util-linux) is required to keep all traffic on loopback")
-    os.environ["PEERS_NETNS"] = "1"
-    os.execvp("unshare", ["unshare", "--net", "--", "sh", "-c",
-                          'ip link set lo up 2>/dev/null || true; exec "$@"', "sh",
-                          sys.executable, os.path.abspath(__file__), *sys.argv[1:]])
 
 
 # ---------------------------------------------------------------- opsagent
@@ -145,7 +138,7 @@ def main():
     if "opsagent" in tools and not os.access(opsagent_venv() + "/bin/opsagent", os.X_OK):
         sys.exit(f"{opsagent_venv()}/bin/opsagent not found (set OPSAGENT_VENV)")
     os.environ["PEERS_DIR"] = PEERS_DIR        # the re-exec'd script finds the same kit
-    isolate_network()
+    isolate_network(__file__)
 
     venv = os.environ.get("PEERS_VENV", "/tmp/peers-venv")
     root = os.environ.get("BENCH_ROOT", "/tmp/bench")

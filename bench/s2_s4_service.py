@@ -36,6 +36,9 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from netns import isolate_network  # noqa: E402
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 PEERS_DIR = os.path.abspath(os.environ.get("PEERS_DIR")
@@ -50,13 +53,6 @@ VENV = os.environ.get("OPSAGENT_VENV") or os.path.join(REPO, ".venv")
 SEED = 20261122
 
 
-def isolate_network():
-    if os.environ.get("PEERS_NETNS") == "1":
-        return
-    os.environ["PEERS_NETNS"] = "1"
-    os.execvp("unshare", ["unshare", "--net", "--", "sh", "-c",
-                          'ip link set lo up 2>/dev/null || true; exec "$@"', "sh",
-                          sys.executable, os.path.abspath(__file__), *sys.argv[1:]])
 
 
 def write_agent(work, n):
@@ -203,7 +199,7 @@ def main():
     ap.add_argument("--idle-seconds", type=int, default=60)
     ap.add_argument("--settle", type=int, default=15)
     a = ap.parse_args()
-    isolate_network()
+    isolate_network(__file__)
     peer.become_subreaper()
     peers = set(a.peers.split(",")) - {"none"}
     parts = a.parts.split(",")
