@@ -52,6 +52,10 @@ CREATE TABLE IF NOT EXISTS silences (
     id TEXT PRIMARY KEY, rule TEXT NOT NULL, labels TEXT NOT NULL, starts REAL NOT NULL,
     ends REAL, until_resolved INTEGER NOT NULL, comment TEXT NOT NULL, by TEXT NOT NULL,
     created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS blocks (
+    addr TEXT PRIMARY KEY, until REAL NOT NULL, rule TEXT NOT NULL, reason TEXT NOT NULL,
+    origin TEXT NOT NULL, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS watch_offsets (source TEXT PRIMARY KEY, doc TEXT NOT NULL);
 """
 
 

@@ -10,7 +10,8 @@ cd "$(dirname "$0")/.."
 # filesystem, built once and cached in /var/cache/opsagent-test), busybox-static (test images),
 # PostgreSQL (the collector's storage tests, the postgres health check and benches), Redis
 # (the redis health check), Chromium and its WebDriver (the dashboard, driven headless by
-# Selenium).
+# Selenium), nftables and iproute2 (IP blocking inside network namespaces the tests create),
+# fail2ban (its stock filters, which watches load unchanged).
 missing=()
 command -v setpriv >/dev/null || missing+=(util-linux)
 command -v dockerd >/dev/null || missing+=(docker.io)
@@ -19,6 +20,9 @@ dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v chromium >/dev/null || missing+=(chromium)
+command -v nft >/dev/null || missing+=(nftables)
+command -v ip >/dev/null || missing+=(iproute2)
+[ -f /etc/fail2ban/filter.d/sshd.conf ] || missing+=(fail2ban)
 command -v chromedriver >/dev/null || missing+=(chromium-driver)
 [ -x /usr/bin/python3 ] && ! /usr/bin/python3 -c 'import ensurepip' 2>/dev/null && missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
