@@ -106,6 +106,9 @@ def _parser() -> argparse.ArgumentParser:
     from agent.cli_alerting import add_parsers
 
     add_parsers(sub)
+    from agent.cli_watch import add_parsers as add_watch_parsers
+
+    add_watch_parsers(sub)
     _server_parser(sub)
     return p
 

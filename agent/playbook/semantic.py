@@ -8,7 +8,7 @@ from typing import Any
 from agent.errors import Diagnostic
 from agent.playbook.loader import Document
 from agent.playbook.models import RESOURCE_KINDS, Action, Playbook
-from agent.playbook.models.rules import HOST_METRICS
+from agent.playbook.models.rules import HOST_METRICS, WatchSpec
 from agent.playbook.templating import has_template, undeclared
 
 # Kinds whose resources can be restarted by a handler or a restart action.
@@ -47,6 +47,8 @@ def check(doc: Document, pb: Playbook) -> list[Diagnostic]:
             for j, action in enumerate(spec.actions):
                 out.extend(_check_action(doc, (kind, i, "actions", j), action, pb, names,
                                          allowed))
+    for i, w in enumerate(pb.watches):
+        out.extend(_check_filter(doc, i, w))
     for i, t in enumerate(pb.thresholds):
         for j, action in enumerate(t.actions):
             for name in ("block_ip", "snapshot"):
@@ -68,6 +70,24 @@ def check(doc: Document, pb: Playbook) -> list[Diagnostic]:
                                         f"no notifier named '{name}'",
                                         _one_of(name, pb.notifiers, "notifiers:")))
     return out
+
+
+def _check_filter(doc: Document, i: int, w: WatchSpec) -> list[Diagnostic]:
+    """A fail2ban filter must exist, resolve and compile now, not when lines arrive."""
+    if isinstance(w.pattern, str):
+        return []
+    from agent.watches.fail2ban import FilterError
+    from agent.watches.matcher import compile_watch
+
+    try:
+        compiled = compile_watch(w)
+    except FilterError as e:
+        return [doc.diag(("watches", i, "pattern", "fail2ban_filter"), str(e),
+                         "a readable fail2ban filter, e.g. /etc/fail2ban/filter.d/sshd.conf")]
+    if w.key and not any(compiled.indexes(k, w.key) for k in range(len(compiled.alternatives))):
+        return [doc.diag(("watches", i, "key"), f"the filter's regexes have no group {w.key!r}",
+                         "ip (from <HOST>/<ADDR>), host, user, or an <F-NAME> tag's name")]
+    return []
 
 
 def _one_of(name: str, declared: Any, where: str) -> str:

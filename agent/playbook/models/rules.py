@@ -117,7 +117,12 @@ class ThresholdSpec(Spec):
 
 
 class Fail2banPattern(Spec):
+    """A stock fail2ban filter, read unchanged (with its includes and .local overrides)."""
+
     fail2ban_filter: str = Field(examples=["/etc/fail2ban/filter.d/sshd.conf"])
+    options: dict[str, str] | None = Field(
+        None, description="The filter's parameters, as fail2ban's `filter = sshd[mode=...]`.",
+        examples=[{"mode": "aggressive"}])
 
 
 class WatchSpec(Spec):
@@ -173,4 +178,4 @@ class WatchSpec(Spec):
     def group_names(self) -> set[str]:
         if isinstance(self.pattern, str):
             return set(re.compile(self.pattern).groupindex)
-        return {"ip", "host"}  # fail2ban's <HOST> / <ADDR> become these
+        return {"ip", "host", "user"}  # fail2ban's <HOST>/<ADDR> and <F-USER>

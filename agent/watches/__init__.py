@@ -1,0 +1,1 @@
+"""Log watches: sources, matching (fail2ban filters included), windows and responses."""
