@@ -13,7 +13,7 @@ from agent.playbook.templating import has_template, undeclared
 
 # Kinds whose resources can be restarted by a handler or a restart action.
 RESTARTABLE = ("processes", "services", "containers")
-NAMED_KINDS = (*RESOURCE_KINDS, "checks", "thresholds", "watches", "backups")
+NAMED_KINDS = (*RESOURCE_KINDS, "checks", "thresholds", "watches", "backups", "audits")
 WATCH_RUNTIME = {"key", "count", "line", "watch", "host"}
 THRESHOLD_RUNTIME = {"value", "metric", "threshold", "severity", "host", "rule"}
 
@@ -62,6 +62,11 @@ def check(doc: Document, pb: Playbook) -> list[Diagnostic]:
             out.append(doc.diag(("thresholds", i, "escalation"),
                                 f"no escalation policy named '{t.escalation}'",
                                 _one_of(t.escalation, pb.escalations, "escalations:")))
+    for i, audit in enumerate(pb.audits):
+        for j, name in enumerate(audit.notify or []):
+            if name not in pb.notifiers:
+                out.append(doc.diag(("audits", i, "notify", j), f"no notifier named '{name}'",
+                                    _one_of(name, pb.notifiers, "notifiers:")))
     for policy, steps in pb.escalations.items():
         for j, step in enumerate(steps):
             for k, name in enumerate(step.notify):

@@ -1,5 +1,6 @@
 """Typed models of the playbook language; the JSON Schema is generated from them."""
 
+from agent.playbook.models.audits import AuditSpec
 from agent.playbook.models.backups import BackupSpec
 from agent.playbook.models.base import Resource, RestartBudget, Spec
 from agent.playbook.models.checks import CheckSpec
@@ -12,7 +13,7 @@ from agent.playbook.models.rules import Action, ThresholdSpec, WatchSpec
 from agent.playbook.models.services import ServiceSpec
 
 __all__ = [
-    "OBSERVED_KINDS", "RESOURCE_KINDS", "Action", "BackupSpec", "CheckSpec", "ContainerSpec",
-    "FileSpec", "Notifier", "Playbook", "ProcessMatch", "ProcessSpec", "Resource",
+    "OBSERVED_KINDS", "RESOURCE_KINDS", "Action", "AuditSpec", "BackupSpec", "CheckSpec",
+    "ContainerSpec", "FileSpec", "Notifier", "Playbook", "ProcessMatch", "ProcessSpec", "Resource",
     "RestartBudget", "Spec", "StopPolicy", "ServiceSpec", "ThresholdSpec", "WatchSpec",
 ]

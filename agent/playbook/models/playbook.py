@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import Field, field_validator
 
 from agent.playbook.models.alerting import EscalationStep, MaintenanceWindow
+from agent.playbook.models.audits import AuditSpec
 from agent.playbook.models.backups import BackupSpec
 from agent.playbook.models.base import Spec
 from agent.playbook.models.checks import CheckSpec
@@ -46,6 +47,9 @@ class Playbook(Spec):
     thresholds: list[ThresholdSpec] = Field(default_factory=list)
     watches: list[WatchSpec] = Field(default_factory=list)
     backups: list[BackupSpec] = Field(default_factory=list)
+    audits: list[AuditSpec] = Field(
+        default_factory=list, description="Security audits run on an interval: world-writable "
+        "paths, readable secrets, unexpected listening ports, expiring certificates.")
     notifiers: dict[str, Notifier] = Field(default_factory=dict)
     escalations: dict[str, list[EscalationStep]] = Field(
         default_factory=dict, description="Escalation policies: ordered steps, each a delay "
