@@ -106,6 +106,7 @@ def _parser() -> argparse.ArgumentParser:
     from agent.cli_alerting import add_parsers
 
     add_parsers(sub)
+    __import__("agent.cli_blocks", fromlist=["add_parsers"]).add_parsers(sub)
     from agent.cli_audit import add_parsers as add_audit_parsers
 
     add_audit_parsers(sub)
