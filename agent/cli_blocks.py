@@ -62,19 +62,10 @@ def add_parsers(sub: Any) -> None:
 
 
 def nft_argv(env: Mapping[str, str] | None = None) -> list[str]:
-    """The nft argv: ``OPSAGENT_NFT`` parsed strictly, or ``["nft"]``."""
-    raw = (os.environ if env is None else env).get(NFT_ENV)
-    if raw is None:
-        return ["nft"]
-    hint = f'{NFT_ENV} must be a JSON list of strings, e.g. ["ip","netns","exec","ns1","nft"]'
-    try:
-        argv = json.loads(raw)
-    except ValueError:
-        raise UsageError(f"{hint}; it is not JSON") from None
-    if (not isinstance(argv, list) or not 1 <= len(argv) <= 32
-            or not all(isinstance(a, str) and a and "\0" not in a for a in argv)):
-        raise UsageError(f"{hint}, of 1 to 32 non-empty strings")
-    return argv
+    """The nft argv from ``OPSAGENT_NFT`` (agent.firewall.host.nft_command)."""
+    from agent.firewall.host import nft_command
+
+    return nft_command(None, env)
 
 
 def _who() -> str:
@@ -111,17 +102,14 @@ def _allowlist(cfg: Any) -> list[str]:
 def _blocker(args: argparse.Namespace) -> Any:
     from agent.cli import _agent_config
     from agent.firewall import Blocker, Nftables, Protected
+    from agent.firewall.host import host_guard, nft_command
 
-    argv = nft_argv()
     cfg = _agent_config(args)
+    argv = nft_command(cfg.firewall.nft)
     if args.blocks_verb != "add":  # list and remove block nothing: no need to look around
         return Blocker(cfg.state_dir, Nftables(argv), Protected(()))
-    ip_argv = [*argv[:-1], "ip"] if os.path.basename(argv[-1]) == "nft" and len(argv) > 1 \
-        else None
     try:
-        protected = Protected.for_host(
-            collector_url=cfg.collector.url if cfg.collector else None,
-            allowlist=_allowlist(cfg), addresses_argv=ip_argv)
+        protected = host_guard(cfg, argv, _allowlist(cfg))
     except ValueError as e:
         raise UsageError(str(e)) from None
     for w in protected.warnings:

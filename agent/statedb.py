@@ -56,6 +56,7 @@ CREATE TABLE IF NOT EXISTS blocks (
     addr TEXT PRIMARY KEY, until REAL NOT NULL, rule TEXT NOT NULL, reason TEXT NOT NULL,
     origin TEXT NOT NULL, created REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS watch_offsets (source TEXT PRIMARY KEY, doc TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS audit_findings (audit TEXT PRIMARY KEY, keys TEXT NOT NULL);
 """
 
 

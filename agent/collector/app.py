@@ -39,6 +39,20 @@ class IngestAnswer(BaseModel):
     duplicates: int = Field(description="Reports already stored (a re-sent batch).")
 
 
+class FleetBlock(BaseModel):
+    seq: int
+    addr: str = Field(description="Address or network to block.")
+    until: float = Field(description="When the block ends, epoch seconds.")
+    origin: str = Field(description="The host that decided it.")
+    rule: str
+    reason: str
+
+
+class FleetBlocks(BaseModel):
+    last: int = Field(description="Pass as `after` next time.")
+    blocks: list[FleetBlock]
+
+
 class Problem(BaseModel):
     detail: Any
 
@@ -184,6 +198,18 @@ def create_app(store: Store, *, stale_after: float = 300.0) -> FastAPI:
     def list_alerts(limit: int = Query(100, ge=1, le=1000),
                     host: str | None = None) -> list[dict[str, Any]]:
         return store.alerts(limit=limit, host=host)
+
+    @app.get("/api/v1/blocks", response_model=FleetBlocks, responses=_ERRORS,
+             summary="Blocks shared with the caller's group (opt-in fleet-wide blocking)")
+    async def fleet_blocks(request: Request,
+                           group: str = Query(pattern=r"^[A-Za-z0-9_.-]{1,64}$"),
+                           after: int = Query(0, ge=0)) -> dict[str, Any]:
+        host = await run_in_threadpool(_authenticate, store, request)
+        if host is None:
+            raise refuse(401, "a valid bearer token for this host is required")
+        rows = await run_in_threadpool(store.fleet_blocks, group, after, host)
+        return {"last": rows[-1]["seq"] if rows else after,
+                "blocks": [r for r in rows if not r.pop("skip")]}
 
     @app.get("/metrics", include_in_schema=False)
     def prometheus() -> Response:

@@ -93,6 +93,20 @@ alerts = sa.Table(
 )
 
 
+fleet_blocks = sa.Table(
+    "fleet_blocks", meta,
+    sa.Column("seq", sa.Integer, primary_key=True),
+    sa.Column("report_id", sa.String(64), nullable=False),
+    sa.Column("grp", sa.String(64), nullable=False),
+    sa.Column("addr", sa.String(64), nullable=False),
+    sa.Column("until", sa.Float, nullable=False),
+    sa.Column("origin", sa.String(253), nullable=False),
+    sa.Column("rule", sa.String(255), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Index("fleet_blocks_group", "grp", "seq"),
+)
+
+
 def _v1(conn: Connection) -> None:
     for table in (tokens, hosts, reports, changes, resources, alerts):
         table.create(conn, checkfirst=True)
@@ -102,8 +116,12 @@ def _v1(conn: Connection) -> None:
         conn.execute(sa.text("ALTER TABLE reports ALTER COLUMN body SET COMPRESSION lz4"))
 
 
+def _v2(conn: Connection) -> None:
+    fleet_blocks.create(conn, checkfirst=True)
+
+
 # Append only: a released migration is never edited, a new one gets the next number.
-MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(1, _v1)]
+MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(1, _v1), (2, _v2)]
 
 
 def url_of(db: str) -> str:

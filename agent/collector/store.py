@@ -23,7 +23,13 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from agent.collector import db
-from agent.report.document import AlertReport, Report, RevisionReport, RunReport
+from agent.report.document import (
+    AlertReport,
+    Report,
+    ResponseReport,
+    RevisionReport,
+    RunReport,
+)
 
 HOST_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
 TOKEN_PREFIX = "oat_"
@@ -138,6 +144,7 @@ class Store:
         change_rows: list[dict[str, Any]] = []
         latest: dict[tuple[str, str], dict[str, Any]] = {}
         alert_rows: list[dict[str, Any]] = []
+        block_rows: list[dict[str, Any]] = []
         revision = None
         version = max(fresh, key=lambda r: r.created_at).agent_version
         for r in sorted(fresh, key=lambda r: r.created_at, reverse=True):  # newest first
@@ -159,6 +166,16 @@ class Store:
                                    "at": at})
             elif isinstance(r, RevisionReport) and revision is None:
                 revision = r.revision.id
+            elif isinstance(r, ResponseReport) and r.response.fleet is not None:
+                share = r.response.fleet
+                block_rows.extend({"report_id": r.id, "grp": share.group, "addr": b.addr,
+                                   "until": b.until, "origin": host,
+                                   "rule": r.response.watch[:255],
+                                   "reason": f"{r.response.matches} matches for "
+                                             f"{r.response.key[:100]} on {host}"}
+                                  for b in share.blocks)
+        if block_rows:
+            conn.execute(db.fleet_blocks.insert(), sorted(block_rows, key=lambda b: b["until"]))
         if self.dialect == "postgresql":
             _pg_bulk(conn, db.changes, change_rows)
             _pg_bulk(conn, db.alerts, alert_rows)
@@ -185,6 +202,19 @@ class Store:
                                                                 set_=update))
 
     # --- reading --------------------------------------------------------------------------
+
+    def fleet_blocks(self, group: str, after: int, host: str, now: float | None = None,
+                     limit: int = 1000) -> list[dict[str, Any]]:
+        """Blocks shared with ``group`` since ``after`` (a seq), still running, decided by
+        hosts other than ``host``; oldest first, so ``after`` can follow the last one."""
+        now = time.time() if now is None else now
+        t = db.fleet_blocks
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(t.c.seq, t.c.addr, t.c.until, t.c.origin, t.c.rule,
+                                          t.c.reason)
+                                .where(t.c.grp == group, t.c.seq > after)
+                                .order_by(t.c.seq).limit(limit)).mappings()
+            return [{**r, "skip": r["origin"] == host or r["until"] <= now} for r in rows]
 
     def hosts(self, stale_after: float, now: float | None = None) -> list[dict[str, Any]]:
         """The fleet: each host's last contact, drift in the last 24 h, failing resources,

@@ -8,7 +8,7 @@ from typing import Any
 from agent.errors import Diagnostic
 from agent.playbook.loader import Document
 from agent.playbook.models import RESOURCE_KINDS, Action, Playbook
-from agent.playbook.models.rules import HOST_METRICS, WatchSpec
+from agent.playbook.models.rules import HOST_METRICS, WATCH_METRICS, WatchSpec
 from agent.playbook.templating import has_template, undeclared
 
 # Kinds whose resources can be restarted by a handler or a restart action.
@@ -57,7 +57,7 @@ def check(doc: Document, pb: Playbook) -> list[Diagnostic]:
                                         f"a threshold cannot {name.replace('_', ' ')}",
                                         "thresholds take notify, restart or run; block_ip "
                                         "and snapshot belong to watches"))
-        out.extend(_check_metric(doc, ("thresholds", i, "metric"), t.metric, names["checks"]))
+        out.extend(_check_metric(doc, ("thresholds", i, "metric"), t.metric, names))
         if t.escalation is not None and t.escalation not in pb.escalations:
             out.append(doc.diag(("thresholds", i, "escalation"),
                                 f"no escalation policy named '{t.escalation}'",
@@ -105,7 +105,25 @@ def _one_of(name: str, declared: Any, where: str) -> str:
 
 
 def _check_metric(doc: Document, path: tuple[Any, ...], metric: str,
-                  checks: set[str]) -> list[Diagnostic]:
+                  names: dict[str, set[str]]) -> list[Diagnostic]:
+    checks, watches, audits = names["checks"], names["watches"], names["audits"]
+    if metric.startswith("audit."):
+        name, _, key = metric[len("audit."):].rpartition(".")
+        if key != "findings":
+            return [doc.diag(path, f"'{metric}' is no audit metric", "audit.NAME.findings")]
+        if name not in audits:
+            return [doc.diag(path, f"no audit named '{name}'", _one_of(name, sorted(audits),
+                                                                        "audits:"))]
+        return []
+    if metric.startswith("watch."):
+        name, _, key = metric[len("watch."):].rpartition(".")
+        if key not in WATCH_METRICS:
+            return [doc.diag(path, f"'{metric}' is no log metric",
+                             "watch.NAME." + ", watch.NAME.".join(WATCH_METRICS))]
+        if name not in watches:
+            return [doc.diag(path, f"no watch named '{name}'", _one_of(name, sorted(watches),
+                                                                        "watches:"))]
+        return []
     if metric.startswith("check."):
         name, _, key = metric[len("check."):].rpartition(".")
         if not name:
@@ -118,7 +136,7 @@ def _check_metric(doc: Document, path: tuple[Any, ...], metric: str,
     if metric not in HOST_METRICS:
         near = difflib.get_close_matches(metric, HOST_METRICS, n=1)
         hint = f"did you mean '{near[0]}'?" if near else \
-            "one of " + ", ".join(HOST_METRICS) + ", or check.NAME.KEY"
+            "one of " + ", ".join(HOST_METRICS) + ", check.NAME.KEY or watch.NAME.KEY"
         return [doc.diag(path, f"unknown metric '{metric}'", hint)]
     return []
 

@@ -1,12 +1,13 @@
 """The report documents (versioned) the agent sends and the collector stores.
 
-Four types, one schema (schemas/report.schema.json, discriminated by ``type``):
+Five types, one schema (schemas/report.schema.json, discriminated by ``type``):
 
 * ``run`` — one run of one playbook on one host: each resource's status, and each change
   labelled ``corrective`` (drift repaired), ``intentional`` (the playbook changed),
   ``would-change`` (a dry run) or ``failed``;
 * ``alert`` — an alert event (a restart budget ran out, a playbook revision was refused);
 * ``revision`` — the agent started enforcing another playbook revision;
+* ``response`` — a log watch fired: the key, the matches, each response's outcome;
 * ``dropped`` — the outbox was over its cap and dropped reports: what, and how many.
 
 A report never contains file content or secrets: content changes are reported by digest.
@@ -140,6 +141,39 @@ class RevisionReport(_Typed):
     revision: RevisionDoc
 
 
+class SharedBlock(_Doc):
+    addr: str = Field(max_length=64, description="The address or network blocked here.")
+    until: float = Field(description="When the block ends, epoch seconds.")
+
+
+class FleetShare(_Doc):
+    group: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$",
+                       description="The hosts that apply these blocks too (agent `group`).")
+    blocks: list[SharedBlock] = Field(min_length=1, max_length=100)
+
+
+class ResponseDoc(_Doc):
+    watch: str = Field(description="The log watch that fired.")
+    playbook: str
+    key: str = Field(description="The value of the watch's key (an address, a user), or "
+                     "empty when the whole watch counts.")
+    matches: int = Field(ge=1, description="Matches of the key within the window.")
+    within_s: float = Field(ge=0)
+    actions: list[OutcomeDoc] = Field(default_factory=list,
+                                      description="Each response and how it went, in order.")
+    evidence: dict[str, Any] | None = Field(
+        None, description="A snapshot's evidence: matching lines, sockets, processes.")
+    fleet: FleetShare | None = Field(
+        None, description="Blocks shared with the host's group through the collector.")
+
+
+class ResponseReport(_Typed):
+    """A log watch fired: what it saw and what the agent did about it."""
+
+    type: Literal["response"] = "response"
+    response: ResponseDoc
+
+
 class DroppedDoc(_Doc):
     count: int = Field(ge=1, description="How many reports were dropped.")
     bytes: int = Field(ge=0)
@@ -163,6 +197,7 @@ def _type_of(value: Any) -> Any:
 
 Report = Annotated[Annotated[RunReport, Tag("run")] | Annotated[AlertReport, Tag("alert")]
                    | Annotated[RevisionReport, Tag("revision")]
+                   | Annotated[ResponseReport, Tag("response")]
                    | Annotated[DroppedReport, Tag("dropped")], Discriminator(_type_of)]
 REPORT = TypeAdapter(Report)
 REPORTS = TypeAdapter(list[Report])

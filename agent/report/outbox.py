@@ -29,12 +29,13 @@ from agent.report.document import (
     AlertReport,
     DroppedDoc,
     DroppedReport,
+    ResponseReport,
     RevisionReport,
     RunReport,
     utc_iso,
 )
 
-AnyReport = RunReport | AlertReport | RevisionReport | DroppedReport
+AnyReport = RunReport | AlertReport | RevisionReport | ResponseReport | DroppedReport
 
 _BYTES = "bytes"  # outbox_meta: running SUM(size) of the outbox
 _DROPPED = "dropped_total"  # outbox_meta: reports ever dropped over the cap

@@ -197,6 +197,27 @@ class Sender:
                          type(e).__name__) from None
         return r.status_code, r.text, _retry_after(r.headers.get("retry-after"))
 
+    def fetch(self, path: str, params: dict[str, Any]) -> Any:
+        """GET ``path`` on the collector as this host (its token and TLS); the JSON answer.
+        ProviderError when the collector cannot be reached or refuses."""
+        import httpx
+
+        from agent.errors import ProviderError
+
+        headers = {}
+        try:
+            if self.token_file is not None:
+                headers["Authorization"] = f"Bearer {self._token(self.token_file)}"
+            url = self.endpoint.rsplit("/api/v1/", 1)[0] + path
+            r = self._http().get(url, params=params, headers=headers)
+        except _Retry as e:
+            raise ProviderError(str(e)) from None
+        except httpx.HTTPError as e:
+            raise ProviderError(f"cannot reach the collector: {type(e).__name__}: {e}") from None
+        if r.status_code != 200:
+            raise ProviderError(f"the collector answered {r.status_code}: {r.text[:200]}")
+        return r.json()
+
     def _token(self, path: str) -> str:
         try:
             with open(path) as f:

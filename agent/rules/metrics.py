@@ -56,8 +56,15 @@ SAMPLERS: dict[str, Callable[[str | None], float]] = {
 }
 
 
+# Metrics the agent service computes itself, by prefix (``watch.`` — log metrics).
+PROVIDERS: dict[str, Callable[[str], float | None]] = {}
+
+
 def sample(metric: str, path: str | None = None) -> float | None:
     """The metric's value now; None when it cannot be read (e.g. a path not mounted)."""
+    for prefix, provide in PROVIDERS.items():
+        if metric.startswith(prefix):
+            return provide(metric)
     try:
         return SAMPLERS[metric](path)
     except (OSError, KeyError, ZeroDivisionError):

@@ -73,6 +73,21 @@ class CollectorConfig(Spec):
         return self
 
 
+class FirewallConfig(Spec):
+    """How log watches block addresses (nftables, table ``inet opsagent``)."""
+
+    nft: list[str] | None = Field(
+        None, min_length=1, description="The nft command as an argv (default: nft, or the JSON "
+        "list in $OPSAGENT_NFT); e.g. to act inside a network namespace.",
+        examples=[["ip", "netns", "exec", "edge", "nft"]])
+    management: list[str] = Field(
+        default_factory=list, description="Addresses or networks never blocked, besides "
+        "loopback, the host's own addresses, the collector and SSH sessions' peers.",
+        examples=[["10.0.0.0/8"]])
+    fleet: bool = Field(False, description="Apply the blocks other hosts of this host's "
+                        "`group` share through the collector (polled every 10 s).")
+
+
 class AgentConfig(Spec):
     """What `opsagent run` enforces and how."""
 
@@ -82,6 +97,9 @@ class AgentConfig(Spec):
         default_factory=lambda: ["/etc/opsagent/playbooks"],
         description="Playbook files or directories, or {git: {...}} to pull them.",
         examples=[["/etc/opsagent/playbooks"]])
+    group: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+                              description="The host's group for fleet-wide blocks.",
+                              examples=["web"])
     vars: dict[str, Any] = Field(default_factory=dict,
                                  description="Variables given to every playbook (like -e).")
     state_dir: str = Field("/var/lib/opsagent", description="Budgets, pending handlers, status.")
@@ -99,6 +117,8 @@ class AgentConfig(Spec):
         "healthy, 503 otherwise); off by default.", examples=["127.0.0.1:9110"],
         pattern=r"^[^\s:]*:[0-9]{1,5}$")
     check_workers: int = Field(8, ge=1, le=64, description="Checks running at once at most.")
+    firewall: FirewallConfig = Field(default_factory=lambda: FirewallConfig(),
+                                     description="IP blocking by log watches.")
     memory_limit: Size = Field(
         256 * 2**20, description="Above this resident size the agent restarts itself cleanly.",
         examples=["256MiB"])

@@ -58,6 +58,7 @@ FILE_SETTLE_S = 0.05  # editors write in steps: let a burst of file events settl
 WATCH_SETTLE_S = 0.5  # a resource first watched is observed once more after this
 MEMORY_CHECK_EVERY_S = 1.0
 STATUS_EVERY_S = 5.0  # status.json at most this stale while checks run
+PROTECTED_FRESH_S = 10.0  # the never-block list (SSH session peers…) is this fresh
 RETRY_FIRST_S = 0.5  # first retry of a failed resource; doubles up to the interval
 _KINDS_WITH_BUDGET = ("processes", "services", "containers")
 
@@ -84,6 +85,12 @@ class Agent:
         self.reporter = Reporter(cfg)
         self.metrics: Any = None
         self.observer: Any = None
+        self.watches: Any = None
+        self.auditor: Any = None
+        self._blocker: Any = None
+        self._block_lock = threading.Lock()
+        self.fleet_blocks: Any = None
+        self._protected: tuple[float, Any] | None = None
         self.health_server: Any = None
         self.next_status = 0.0
         self.next_memory_check = 0.0
@@ -125,6 +132,8 @@ class Agent:
             self._install_signals()
             self.reporter.start()
             self._start_observer()
+            self._start_watches()
+            self._start_fleet_blocks()
             self._serve_metrics()
             self.sel.register(self._wake_r, selectors.EVENT_READ, "wake")
             self.inotify = Inotify()
@@ -167,6 +176,15 @@ class Agent:
                 os.close(fd)
         if self.health_server is not None:
             self.health_server.shutdown()
+        if self.auditor is not None:
+            self.auditor.stop()
+        if self.fleet_blocks is not None:
+            self.fleet_blocks.stop()
+        if self.watches is not None:
+            try:
+                self.watches.stop()  # positions and windows saved for the next start
+            except Exception:
+                log.exception("stopping the log watches")
         if self.observer is not None:
             try:
                 self.observer.stop()
@@ -184,6 +202,10 @@ class Agent:
     def post(self, kind: str, value: Any) -> None:
         """Thread-safe: hand an event to the loop and wake it."""
         self.inbox.put((kind, value))
+        self.wake()
+
+    def wake(self) -> None:
+        """Thread-safe: make the loop look at what is due now."""
         with contextlib.suppress(BlockingIOError, OSError):
             self._wake_w.send(b"\0")
 
@@ -212,8 +234,12 @@ class Agent:
                 self._start_reload(forced=False)
             if self.observer is not None:
                 self.observer.run_due()
-                if self.observer.active and time.monotonic() >= self.next_status:
-                    self._write_status()  # check results and alerts, a few seconds fresh
+            if self.auditor is not None:
+                self.auditor.run_due()
+            busy = (self.observer is not None and self.observer.active) or (
+                self.watches is not None and self.watches.active)
+            if busy and time.monotonic() >= self.next_status:
+                self._write_status()  # checks, alerts and watches, a few seconds fresh
             self._beat()
             self._check_memory()
             if self.stopping:
@@ -228,6 +254,10 @@ class Agent:
         if self.notifier.watchdog_interval:
             wake_at.append(self.next_beat)
         if self.observer is not None and (due := self.observer.next_due()) is not None:
+            wake_at.append(due)
+        if self.watches is not None and self.watches.active:
+            wake_at.append(self.next_status)
+        if self.auditor is not None and (due := self.auditor.next_due()) is not None:
             wake_at.append(due)
         timeout = max(0.0, min(wake_at) - now)
         for key, _mask in self.sel.select(timeout):
@@ -543,6 +573,14 @@ class Agent:
         self._forget_watches(declared)
         if self.observer is not None:
             self.observer.configure(new.playbooks)
+        if self.auditor is not None:
+            self.auditor.configure(new.playbooks)
+        if self.watches is not None:
+            try:
+                self.watches.configure(new.playbooks)
+            except Exception as e:  # a source that cannot start: the rest keep working
+                log.exception("starting the log watches")
+                self._alert("watches", "critical", f"log watches could not start: {e}")
         if isinstance(self.source, GitRepoSource):
             self.source.keep({new.id})
         names = ", ".join(pb.model.name for pb in new.playbooks)
@@ -618,15 +656,97 @@ class Agent:
                                        self.cfg.host)
             log.info("health on http://%s/health", self.cfg.health_listen)
 
+    def _start_watches(self) -> None:
+        from agent.rules import metrics as rule_metrics
+        from agent.watches.runtime import WatchRuntime
+
+        self.watches = WatchRuntime(self.cfg.state_dir, self.cfg.host, alert=self._alert,
+                                    act=self._act, enqueue=self.observer.notify_queue_put,
+                                    block=self._block, report=self.reporter.response,
+                                    group=self.cfg.group)
+        rule_metrics.PROVIDERS["watch."] = lambda metric: self.watches.values().get(metric)
+        self._restore_blocks()
+        from agent.service.auditing import Auditor
+
+        self.auditor = Auditor(self.cfg.state_dir, self.cfg.host, self._alert,
+                               self.observer.notify_queue_put, self.wake)
+        rule_metrics.PROVIDERS["audit."] = lambda metric: self.auditor.values().get(metric)
+
+    def _nft(self) -> Any:
+        from agent.firewall.host import nft_command
+        from agent.firewall.nft import Nftables
+
+        return Nftables(nft_command(self.cfg.firewall.nft))
+
+    def _restore_blocks(self) -> None:
+        """After an agent or host restart: every unexpired block back in the kernel."""
+        from agent import statedb
+
+        with statedb.connect(self.cfg.state_dir, create=False) as db:
+            if db is None or db.execute("SELECT COUNT(*) FROM blocks").fetchone()[0] == 0:
+                return
+        try:
+            restored = self.blocker([]).restore()
+            log.info("IP blocks restored: %s", restored)
+        except OpsAgentError as e:
+            log.error("cannot restore IP blocks: %s", e)
+            self._alert("blocks", "critical", f"IP blocks not restored: {e}")
+
+    def blocker(self, allowlist: list[str]) -> Any:
+        """The firewall, guarded by what this host must never block (refreshed every few
+        seconds: SSH sessions come and go) plus the playbook's allowlist."""
+        from agent.firewall.blocks import Blocker
+        from agent.firewall.guard import Protected
+
+        now = time.monotonic()
+        if self._protected is None or now - self._protected[0] > PROTECTED_FRESH_S:
+            from agent.firewall.host import host_guard, nft_command
+
+            self._protected = (now, host_guard(self.cfg, nft_command(self.cfg.firewall.nft)))
+        base = self._protected[1]
+        guard = Protected([(p.net, p.why) for p in base.entries]
+                          + [(a, "in the playbook's allowlist") for a in allowlist])
+        if self._blocker is None:
+            self._blocker = Blocker(self.cfg.state_dir, self._nft(), guard)
+        self._blocker.protected = guard
+        return self._blocker
+
+    def _block(self, target: str, ttl_s: float, rule: str, reason: str, allowlist: list[str],
+               origin: str = "local") -> tuple[bool, str, str | None, float | None]:
+        """Block through the firewall (the watch engine's and the fleet poller's threads)."""
+        with self._block_lock:
+            out = self.blocker(allowlist).block(target, ttl_s, rule=rule if origin != "local"
+                                                else f"watch:{rule}", reason=reason,
+                                                origin=origin)
+        return out.status in ("blocked", "extended", "kept"), out.message, out.addr, out.until
+
+    def _start_fleet_blocks(self) -> None:
+        """Opt-in: apply the blocks the group's other hosts share through the collector."""
+        if not (self.cfg.firewall.fleet and self.cfg.group and self.reporter.sender):
+            if self.cfg.firewall.fleet:
+                log.warning("firewall.fleet needs a collector and a group in the config")
+            return
+        from agent.service.fleet_blocks import FleetBlocks
+
+        def allowlists() -> list[str]:
+            return sorted({a for pb in (self.revision.playbooks if self.revision else [])
+                           for a in pb.model.allowlist or []})
+
+        self.fleet_blocks = FleetBlocks(self.cfg.state_dir, self.cfg.group,
+                                        self.reporter.sender, self._block, allowlists)
+        self.fleet_blocks.start()
+
     def _act(self, playbook: str, rule: str, action: Any, variables: dict[str, Any]) -> None:
-        """A firing rule's automatic action (muted rules never get here)."""
+        """A firing rule's automatic action (muted rules never get here); ``rule`` is a
+        threshold's name or ``watch:NAME``."""
+        origin = rule if rule.startswith("watch:") else f"threshold:{rule}"
         if action.restart is not None:
             # the handler path: written down first, run by the next targeted reconcile,
             # under the resource's restart budget, and reported like any restart
-            PendingHandlers(self.cfg.state_dir).add(playbook, [action.restart],
-                                                    f"threshold:{rule}", time.time())
-            self._schedule(action.restart, time.monotonic(), f"threshold {rule} fired")
-            log.warning("threshold %s fired: restarting %s", rule, action.restart,
+            PendingHandlers(self.cfg.state_dir).add(playbook, [action.restart], origin,
+                                                    time.time())
+            self._schedule(action.restart, time.monotonic(), f"{origin} fired")
+            log.warning("%s fired: restarting %s", origin, action.restart,
                         extra={"rule": rule, "ref": action.restart})
         elif action.run is not None:
             spec = action.run
@@ -637,15 +757,15 @@ class Agent:
                 try:
                     out = run(spec.argv, {**variables, "rule": rule}, spec.timeout)
                 except Exception as e:  # a template that fails at fire time
-                    self._alert(f"threshold:{rule}", "warning", f"run action refused: {e}")
+                    self._alert(origin, "warning", f"run action refused: {e}")
                     return
                 text = (f"run {out.argv[0]}: " + ("timed out" if out.returncode is None
                                                   else f"exit {out.returncode}")
                         + (f": {out.output.strip()[-300:]}" if out.output.strip() else ""))
                 level = logging.INFO if out.ok else logging.WARNING
-                log.log(level, "threshold %s: %s", rule, text, extra={"rule": rule})
+                log.log(level, "%s: %s", origin, text, extra={"rule": rule})
                 if not out.ok:
-                    self._alert(f"threshold:{rule}", "warning", text)
+                    self._alert(origin, "warning", text)
 
             threading.Thread(target=job, name="opsagent-action", daemon=True).start()
         else:
@@ -677,6 +797,7 @@ class Agent:
             "collector": ({"url": self.cfg.collector.url, **(self.reporter.state() or {})}
                           if self.cfg.collector else None),
             **(self.observer.status() if self.observer is not None else {}),
+            "watches": self.watches.status() if self.watches is not None else {},
         }
         self.next_status = time.monotonic() + STATUS_EVERY_S
         try:

@@ -108,6 +108,13 @@ def _checks(doc: dict[str, Any]) -> list[str]:
         lines.append(f"  {a.get('alert_id') or '-':<8}  {a['rule']}: {a['state']} since "
                      f"{_ago(a.get('since'))} [{a.get('severity')}] value {a.get('value')}"
                      f"{told}{ack}")
+    watches = doc.get("watches") or {}
+    if watches:
+        lines += ["", "watches:"]
+        for name, w in sorted(watches.items()):
+            behind = f", {w['lag_s']:.0f} s behind" if w.get("lag_s", 0) >= 1 else ""
+            lines.append(f"  {name:<24} {w['source']}: {w['lines']} lines, {w['matched']} "
+                         f"matched, fired {w['fired']} times{behind}")
     n = doc.get("notifications") or {}
     if n.get("count"):
         lines += ["", f"notifications waiting: {n['count']}"

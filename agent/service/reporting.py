@@ -73,6 +73,13 @@ class Reporter:
                               alert=AlertDoc(key=key, severity=severity, message=message,
                                              **more)))
 
+    def response(self, doc: dict[str, Any]) -> None:
+        """A log watch fired (agent.watches.runtime): what it saw and did."""
+        from agent.report.document import ResponseDoc, ResponseReport
+
+        self._put(ResponseReport(host=self.cfg.host, agent_version=__version__,
+                                 response=ResponseDoc.model_validate(doc)))
+
     def revision(self, new: str, previous: str | None, playbooks: list[str]) -> None:
         from agent.report.document import RevisionDoc, RevisionReport
 

@@ -89,26 +89,29 @@ class Matcher:
         add = out.append
         c = self.compiled
         try_line = c.regex.match if c.fail2ban else c.regex.search
-        per_alt = stats.per_alternative
+        counts = [0] * len(c.alternatives)
         clock = self.clock
         date_group = c.regex.groupindex.get("_date") if c.fail2ban else None
-        alt_of = c.alternative
+        alt_index = {f"_{k}": k for k in range(len(c.alternatives))} if c.fail2ban else {}
         nofail = c.nofail_groups
         ignore = c.ignore
         rfind, find = buf.rfind, buf.find
         last_date, last_at = b"", None
         line_end = -1
+        matched = nofails = ignored = 0
         for hit in self.prefilter.hits(buf):
-            # without a prefilter, the hit is the line's start, as -(start + 1)
-            start = -hit - 1 if hit < 0 else rfind(b"\n", 0, hit) + 1
-            if start <= line_end:
+            if hit < 0:  # no prefilter: every line, given as -(start + 1)
+                start = -hit - 1
+            elif hit <= line_end:
                 continue  # another literal of a line already tried
+            else:
+                start = rfind(b"\n", 0, hit) + 1
             line_end = find(b"\n", start)
             m = try_line(buf, start, line_end)
             if m is None:
                 continue
-            k = alt_of(m)
-            per_alt[k] = per_alt.get(k, 0) + 1
+            k = alt_index.get(m.lastgroup, 0)  # type: ignore[arg-type]
+            counts[k] += 1
             if date_group is not None:
                 date = m.group(date_group)
                 if date != last_date:
@@ -120,14 +123,21 @@ class Matcher:
             for i in nofail[k]:
                 if m.group(i) is not None:
                     why = "nofail"
-                    stats.nofail += 1
+                    nofails += 1
                     break
             if why:
                 pass
             elif ignore and any(p.search(buf, start, line_end) for p in ignore):
                 why = "ignored"
-                stats.ignored += 1
+                ignored += 1
             else:
-                stats.matched += 1
+                matched += 1
             add((m, k, at, why))
+        stats.matched += matched
+        stats.nofail += nofails
+        stats.ignored += ignored
+        per_alt = stats.per_alternative
+        for k, n in enumerate(counts):
+            if n:
+                per_alt[k] = per_alt.get(k, 0) + n
         return out

@@ -17,7 +17,7 @@ from tests.harness.reports import alert_report, run_report
 
 OPERATIONS = [("POST", "/api/v1/reports"), ("GET", "/api/v1/hosts"),
               ("GET", "/api/v1/hosts/{host}"), ("GET", "/api/v1/hosts/{host}/reports"),
-              ("GET", "/api/v1/alerts")]
+              ("GET", "/api/v1/alerts"), ("GET", "/api/v1/blocks")]
 
 
 @pytest.fixture(scope="module")

@@ -18,12 +18,17 @@ from agent.playbook.types import Duration
 # Host metrics a threshold can name besides a check's (check.NAME.KEY); disk.* take `path`.
 HOST_METRICS = ("disk.used_percent", "disk.inodes_percent", "memory.used_percent",
                 "swap.used_percent", "cpu.percent", "load.per_core", "load.1")
+# Log metrics a watch publishes, as watch.NAME.KEY.
+WATCH_METRICS = ("lines_per_s", "matches_per_s", "match_percent", "lag_s", "bytes_behind")
 ACTIONS = ("notify", "block_ip", "restart", "run", "snapshot")
 
 
 class BlockIp(Spec):
     ip: str = Field(examples=["{{ ip }}"])
     duration: Duration = Field(3600.0, examples=["1h"])
+    share: bool = Field(False, description="Also block it on the other hosts of this host's "
+                        "group (agent config `group`), through the collector; each applies "
+                        "its own allowlist.")
 
 
 class Run(Spec):
@@ -60,7 +65,8 @@ class ThresholdSpec(Spec):
 
     name: str = Field(min_length=1, examples=["disk-root"])
     metric: str = Field(pattern=r"^[a-z_]+(\.[A-Za-z0-9_-]+)+$",
-                        examples=["disk.used_percent", "check.api-health.latency_ms"])
+                        examples=["disk.used_percent", "check.api-health.latency_ms",
+                                  "watch.nginx-errors.match_percent"])
     path: str | None = Field(None, description="Mount point for disk metrics.", examples=["/"])
     above: float | None = None
     below: float | None = None
@@ -116,6 +122,13 @@ class ThresholdSpec(Spec):
         return value > self.clear_above if self.clear_above is not None else value >= self.below
 
 
+class WatchBudget(Spec):
+    """At most ``firings`` firings act within ``per``."""
+
+    firings: int = Field(100, ge=1, examples=[100])
+    per: Duration = Field(600.0, examples=["10m"])
+
+
 class Fail2banPattern(Spec):
     """A stock fail2ban filter, read unchanged (with its includes and .local overrides)."""
 
@@ -140,6 +153,14 @@ class WatchSpec(Spec):
     key: str | None = Field(None, description="Named group counted separately.", examples=["ip"])
     threshold: int = Field(1, ge=1, description="Matches per key within the window that fire.")
     within: Duration = Field(3600.0, examples=["1h"])
+    severity: Literal["info", "warning", "critical"] = Field(
+        "warning", description="Of the alert a firing raises.")
+    rate_window: Duration = Field(
+        60.0, description="Window of the log metrics watch.NAME.lines_per_s, "
+        ".matches_per_s and .match_percent (the share of matching lines).", examples=["1m"])
+    budget: WatchBudget = Field(default_factory=lambda: WatchBudget(),
+                                description="How many firings may act; past it the watch "
+                                "still counts and reports but does nothing, and alerts.")
     actions: list[Action] = Field(default_factory=list)
 
     @field_validator("pattern")
@@ -167,6 +188,8 @@ class WatchSpec(Spec):
         sources = [s for s in ("log", "journal", "container") if getattr(self, s)]
         if len(sources) != 1:
             raise ValueError("give exactly one source: log, journal, container")
+        if self.rate_window < 1:
+            raise ValueError("rate_window must be at least 1s")
         if self.key and isinstance(self.pattern, str):
             groups = re.compile(self.pattern).groupindex
             if self.key not in groups:
