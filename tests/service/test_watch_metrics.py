@@ -9,6 +9,7 @@ import os
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 from tests.harness.recorders import HttpRecorder
 from tests.service.agentproc import AgentProc, wait_for
@@ -92,3 +93,46 @@ def test_audit_findings_are_told_once(tmp_path: Path) -> None:
     finally:
         proc.stop()
         hook.close()
+
+
+def test_a_container_log_line_restarts_the_container(tmp_path: Path, docker_client: object,
+                                                     busybox_image: str) -> None:
+    """A watch on a container's logs (the Docker API) answers a fatal line with a restart,
+    through the handler path and the container's restart budget."""
+    import contextlib
+    import uuid
+
+    name = f"opsagent-wl-{uuid.uuid4().hex[:8]}"
+    script = ("i=0; while true; do i=$((i+1)); echo tick $i; "
+              "[ -f /tmp/fatal ] && echo 'FATAL: out of workers'; sleep 0.2; done")
+    proc = start(tmp_path, f"""\
+        name: app
+        containers:
+          - name: {name}
+            image: '{busybox_image}'
+            command: [sh, -c, "{script}"]
+            restart: {{max: 3, within: 10m, backoff: 0s}}
+        watches:
+          - name: fatal
+            container: {name}
+            pattern: 'FATAL: (?P<what>.*)'
+            within: 1m
+            actions: [{{restart: "containers:{name}"}}]
+        """)
+    client: Any = docker_client
+    try:
+        c = client.containers.get(name)
+        started = c.attrs["State"]["StartedAt"]
+        time.sleep(1.0)
+        assert client.containers.get(name).attrs["State"]["StartedAt"] == started
+        c.exec_run(["touch", "/tmp/fatal"])
+        wait_for(lambda: client.containers.get(name).attrs["State"]["StartedAt"] != started,
+                 20, "the restart")
+        assert "watch:fatal fired: restarting containers:" + name in proc.log_text()
+        st = wait_for(lambda: (w := ((proc.status() or {}).get("watches") or {}).get("fatal"))
+                      and w["fired"] >= 1 and w, 10, "the watch's status")
+        assert st["source"] == f"container:{name}" and st["lines"] > 3
+    finally:
+        proc.stop()
+        with contextlib.suppress(Exception):
+            client.containers.get(name).remove(force=True)
