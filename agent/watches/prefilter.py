@@ -41,8 +41,9 @@ class Prefilter:
         return "hyperscan" if self._db is not None else "bytes.find"
 
     def hits(self, buf: bytes) -> list[int]:
-        """Offsets, in order, inside lines that may match (several may fall in one line);
-        without a prefilter, every line as ``-(start + 1)``."""
+        """Offsets, in order, inside lines that may match (several may fall in one line;
+        Hyperscan gives each line's newline once); without a prefilter, every line as
+        ``-(start + 1)``."""
         if self.literals is None:
             return [-(start + 1) for start, _ in line_spans(buf)]
         hits: list[int] = []
@@ -70,11 +71,13 @@ def _hyperscan(literals: tuple[bytes, ...]) -> Any:
     except ImportError:
         return None
     db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
-    # Hex escapes: the literal's bytes, whatever they are, with no metacharacter to escape.
-    patterns = ["".join(f"\\x{b:02x}" for b in lit).encode() for lit in literals]
+    # One pattern, any literal then the rest of the line: Hyperscan reports each end offset
+    # once, so a line holding several literals is one callback, at its newline. Hex escapes:
+    # the literals' bytes, whatever they are, with no metacharacter to escape.
+    either = "|".join("".join(f"\\x{b:02x}" for b in lit) for lit in literals)
     try:
-        db.compile(expressions=patterns, ids=list(range(len(patterns))),
-                   elements=len(patterns), flags=0)
+        db.compile(expressions=[f"(?:{either})[^\\n]*\\n".encode()], ids=[0], elements=1,
+                   flags=0)
     except hyperscan.error:
         return None
     return db

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sqlite3
 import textwrap
 import time
 from collections.abc import Iterator
@@ -205,3 +206,28 @@ def test_restart_mid_burst_neither_forgets_nor_doubles(tmp_path: Path, netns: Ne
     finally:
         if proc2.proc is not None and proc2.proc.poll() is None:
             proc2.stop()
+
+
+def test_past_its_budget_a_watch_counts_but_does_not_act(tmp_path: Path, netns: Netns) -> None:
+    log = tmp_path / "auth.log"
+    log.write_text("")
+    proc = agent(tmp_path, netns, f"""\
+        - name: ssh
+          log: {log}
+          pattern: 'Failed password for .* from (?P<ip>\\S+) port'
+          key: ip
+          budget: {{firings: 2, per: 1m}}
+          actions: [{{block_ip: {{ip: "{{{{ ip }}}}", duration: 1m}}}}]
+        """).start()
+    try:
+        a, b, c = "203.0.113.1", "203.0.113.2", "203.0.113.3"
+        append(log, line(a), line(b), line(c))
+        wait_for(lambda: fired(proc) >= 3, 15, "three firings")
+        assert {a, b} <= elements(netns) and c not in elements(netns)
+        assert "already acted: nothing done" in proc.log_text()
+        with sqlite3.connect(tmp_path / "state" / "state.db") as db:
+            alerts = [m for (m,) in db.execute("SELECT message FROM alerts WHERE key = ?",
+                                                ("watch:ssh",))]
+        assert any("action budget exhausted" in m for m in alerts), alerts
+    finally:
+        proc.stop()
