@@ -153,12 +153,14 @@ def make_engine(db: str) -> Engine:
 
 def migrate(engine: Engine) -> int:
     """Apply the missing migrations; the schema version now in force. Two processes starting
-    on a fresh SQLite file race to create the tables: the loser finds them made and retries."""
+    on a fresh SQLite file race to create the tables or record a version: the loser finds
+    them made (or recorded) and retries."""
     for attempt in range(5):
         try:
             return _migrate(engine)
-        except sa.exc.OperationalError as e:
-            if engine.dialect.name != "sqlite" or "already exists" not in str(e) or attempt == 4:
+        except (sa.exc.OperationalError, sa.exc.IntegrityError) as e:
+            raced = "already exists" in str(e) or "schema_migrations.version" in str(e)
+            if engine.dialect.name != "sqlite" or not raced or attempt == 4:
                 raise
             time.sleep(0.1 * (attempt + 1))
     raise AssertionError("unreachable")
