@@ -58,8 +58,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"opsagent {__version__}")
     sub = p.add_subparsers(dest="verb", metavar="COMMAND")
 
-    v = sub.add_parser("validate", help="check playbooks (schema and semantics); change nothing")
-    v.add_argument("paths", nargs="+", metavar="PATH", help="playbook files or directories")
+    v = sub.add_parser("validate", help="check playbooks and inventories; change nothing")
+    v.add_argument("paths", nargs="*", metavar="PATH", help="playbook files or directories; "
+                   "an inventory among them is told by its content (agent.inventory)")
+    v.add_argument("-i", "--inventory", action="append", default=[], metavar="FILE",
+                   help="an inventory file to check (opsagent YAML, Ansible YAML or INI)")
     v.add_argument("-e", "--extra-vars", action="append", default=[], metavar="K=V")
     v.add_argument("--json", action="store_true", help="print diagnostics as JSON")
     v.set_defaults(func=cmd_validate)
@@ -214,21 +217,36 @@ def _load_all(paths: Sequence[str], extra: dict[str, Any], *, schema_check: bool
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from agent.errors import InputError
+    from agent.inventory import is_inventory_file, load_inventory
 
     files = _expand(args.paths)
-    if not files:
-        raise UsageError("no playbooks found under " + ", ".join(args.paths))
+    inventories = [*args.inventory, *(f for f in files if is_inventory_file(f))]
+    files = [f for f in files if f not in inventories]
+    if not files and not inventories:
+        raise UsageError("no playbooks found under " + ", ".join(args.paths or ["(nothing)"]))
+    errors = []
+    for path in inventories:
+        try:
+            load_inventory(path, schema_check=True)
+        except InputError as e:
+            errors.extend(e.diagnostics)
     try:
-        _load_all(files, parse_extra_vars(args.extra_vars), schema_check=True)
+        if files:
+            _load_all(files, parse_extra_vars(args.extra_vars), schema_check=True)
     except InputError as e:
+        errors.extend(e.diagnostics)
+    if errors:
         if args.json:
-            print(json.dumps([dataclasses.asdict(d) for d in e.diagnostics], indent=2))
+            print(json.dumps([dataclasses.asdict(d) for d in errors], indent=2))
             return EXIT_INPUT
-        raise
+        raise InputError(errors)
     if args.json:
         print("[]")
     else:
-        print(f"{len(files)} playbook{'s' if len(files) != 1 else ''} valid")
+        counts = [f"{n} {one if n == 1 else many}" for n, one, many in (
+            (len(files), "playbook", "playbooks"), (len(inventories), "inventory", "inventories"))
+            if n]
+        print(" and ".join(counts) + " valid")
     return EXIT_OK
 
 

@@ -26,6 +26,7 @@ def generate() -> dict[str, dict[str, Any]]:
     """Every schema opsagent publishes, by file name."""
     from pydantic import TypeAdapter
 
+    from agent.inventory.yaml_format import InventoryFile
     from agent.playbook.models import Playbook
     from agent.report.document import REPORT
     from agent.service.config import AgentConfig
@@ -33,7 +34,8 @@ def generate() -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for fname, model, title in (("playbook.schema.json", Playbook, "opsagent playbook"),
                                 ("report.schema.json", REPORT, "opsagent report"),
-                                ("agent.schema.json", AgentConfig, "opsagent agent config")):
+                                ("agent.schema.json", AgentConfig, "opsagent agent config"),
+                                ("inventory.schema.json", InventoryFile, "opsagent inventory")):
         schema = (model.json_schema(by_alias=True) if isinstance(model, TypeAdapter)
                   else model.model_json_schema(by_alias=True))
         schema = {"$schema": "https://json-schema.org/draft/2020-12/schema",
