@@ -13,7 +13,8 @@ from agent.playbook.templating import has_template, undeclared
 
 # Kinds whose resources can be restarted by a handler or a restart action.
 RESTARTABLE = ("processes", "services", "containers")
-NAMED_KINDS = (*RESOURCE_KINDS, "checks", "thresholds", "watches", "backups", "audits")
+NAMED_KINDS = (*RESOURCE_KINDS, "checks", "thresholds", "watches", "backups", "audits",
+               "db_maintenance")
 WATCH_RUNTIME = {"key", "count", "line", "watch", "host"}
 THRESHOLD_RUNTIME = {"value", "metric", "threshold", "severity", "host", "rule"}
 
@@ -67,6 +68,13 @@ def check(doc: Document, pb: Playbook) -> list[Diagnostic]:
             if name not in pb.notifiers:
                 out.append(doc.diag(("audits", i, "notify", j), f"no notifier named '{name}'",
                                     _one_of(name, pb.notifiers, "notifiers:")))
+    windows = {w.name for w in pb.maintenance}
+    for i, db in enumerate(pb.db_maintenance):
+        for sub_path, window in db.windows():
+            if window not in windows:
+                out.append(doc.diag(("db_maintenance", i, *sub_path),
+                                    f"no maintenance window named '{window}'",
+                                    _one_of(window, sorted(windows), "maintenance:")))
     for policy, steps in pb.escalations.items():
         for j, step in enumerate(steps):
             for k, name in enumerate(step.notify):

@@ -5,6 +5,7 @@ from agent.playbook.models.backups import BackupSpec
 from agent.playbook.models.base import Resource, RestartBudget, Spec
 from agent.playbook.models.checks import CheckSpec
 from agent.playbook.models.containers import ContainerSpec
+from agent.playbook.models.dbmaint import DbMaintenanceSpec
 from agent.playbook.models.files import FileSpec
 from agent.playbook.models.notifiers import Notifier
 from agent.playbook.models.playbook import OBSERVED_KINDS, RESOURCE_KINDS, Playbook
@@ -14,6 +15,7 @@ from agent.playbook.models.services import ServiceSpec
 
 __all__ = [
     "OBSERVED_KINDS", "RESOURCE_KINDS", "Action", "AuditSpec", "BackupSpec", "CheckSpec",
-    "ContainerSpec", "FileSpec", "Notifier", "Playbook", "ProcessMatch", "ProcessSpec", "Resource",
-    "RestartBudget", "Spec", "StopPolicy", "ServiceSpec", "ThresholdSpec", "WatchSpec",
+    "ContainerSpec", "DbMaintenanceSpec", "FileSpec", "Notifier", "Playbook", "ProcessMatch",
+    "ProcessSpec", "Resource", "RestartBudget", "Spec", "StopPolicy", "ServiceSpec",
+    "ThresholdSpec", "WatchSpec",
 ]

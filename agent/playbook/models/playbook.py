@@ -13,6 +13,7 @@ from agent.playbook.models.backups import BackupSpec
 from agent.playbook.models.base import Spec
 from agent.playbook.models.checks import CheckSpec
 from agent.playbook.models.containers import ContainerSpec
+from agent.playbook.models.dbmaint import DbMaintenanceSpec
 from agent.playbook.models.files import FileSpec
 from agent.playbook.models.notifiers import Notifier
 from agent.playbook.models.processes import ProcessSpec
@@ -50,6 +51,10 @@ class Playbook(Spec):
     audits: list[AuditSpec] = Field(
         default_factory=list, description="Security audits run on an interval: world-writable "
         "paths, readable secrets, unexpected listening ports, expiring certificates.")
+    db_maintenance: list[DbMaintenanceSpec] = Field(
+        default_factory=list, description="PostgreSQL upkeep on a schedule: batched purges of "
+        "old rows, VACUUM (ANALYZE), REINDEX (optionally only inside a maintenance window) and "
+        "a report of slow queries, unused indexes and dead rows; `opsagent db maintain NAME`.")
     notifiers: dict[str, Notifier] = Field(default_factory=dict)
     escalations: dict[str, list[EscalationStep]] = Field(
         default_factory=dict, description="Escalation policies: ordered steps, each a delay "
