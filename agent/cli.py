@@ -116,6 +116,7 @@ def _parser() -> argparse.ArgumentParser:
     from agent.cli_watch import add_parsers as add_watch_parsers
 
     add_watch_parsers(sub)
+    __import__("agent.cli_backup", fromlist=["add_parsers"]).add_parsers(sub)
     __import__("agent.cli_db", fromlist=["add_parsers"]).add_parsers(sub)
     _server_parser(sub)
     return p

@@ -76,19 +76,45 @@ class Retention(Spec):
 
 
 class Encryption(Spec):
-    age_recipients_file: str | None = None
-    key_file: str | None = Field(None, description="AES-GCM key file.")
+    """Encrypt every artefact after compression: age (recipients) or AES-256-GCM (a key)."""
+
+    age_recipients_file: str | None = Field(
+        None, description="age recipients, one per line (age1..., ssh-ed25519 ...); # comments.",
+        examples=["/etc/opsagent/backup.recipients"])
+    age_identity_file: str | None = Field(
+        None, description="age identities (AGE-SECRET-KEY-1... or an SSH private key) that "
+        "decrypt the backups; needed only by verify and restore, so it may live elsewhere.",
+        examples=["/etc/opsagent/backup.key"])
+    key_file: str | None = Field(None, description="AES-256-GCM key file: 32 raw bytes, or "
+                                 "them as 64 hex digits or base64.",
+                                 examples=["/etc/opsagent/backup.aes"])
 
     @model_validator(mode="after")
     def _one(self) -> Encryption:
         if (self.age_recipients_file is None) == (self.key_file is None):
             raise ValueError("give exactly one of age_recipients_file, key_file")
+        if self.age_identity_file is not None and self.age_recipients_file is None:
+            raise ValueError("age_identity_file goes with age_recipients_file")
         return self
 
 
 class Verify(Spec):
-    restore: bool = Field(False, description="Restore into a scratch database and query it.")
-    query: str | None = Field(None, examples=["SELECT count(*) FROM users"])
+    """After each run: checksums, every artefact decompressed (and decrypted) in full."""
+
+    restore: bool = Field(False, description="PostgreSQL: restore the dump into a scratch "
+                          "database (created and dropped on the source's server) and query it.")
+    query: str | None = Field(
+        None, description="Run in the scratch database; verification fails when it errors, "
+        "returns no row, or its first value is false or NULL.",
+        examples=["SELECT count(*) > 0 FROM users"])
+    database: str | None = Field(None, description="Which dumped database to restore "
+                                 "(default: the first one dumped).", examples=["app"])
+
+    @model_validator(mode="after")
+    def _query_needs_restore(self) -> Verify:
+        if (self.query is not None or self.database is not None) and not self.restore:
+            raise ValueError("query and database need restore: true")
+        return self
 
 
 class SftpTarget(Spec):
@@ -187,7 +213,9 @@ class Offsite(Spec):
 
 
 class BackupSpec(Spec):
-    name: str = Field(min_length=1, examples=["db-daily"])
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+                      description="Also the folder under destination: letters, digits, . _ -",
+                      examples=["db-daily"])
     schedule: Cron
     source: BackupSource
     destination: str = Field(examples=["/var/backups/opsagent"])
@@ -198,3 +226,16 @@ class BackupSpec(Spec):
     verify: Verify | None = None
     max_age: Duration | None = Field(None, description="Alert when the newest backup is older.",
                                      examples=["26h"])
+    timeout: Duration = Field(21600.0, description="Upper bound of one run: every dump, copy "
+                              "and the verification (default 6h).", examples=["2h"])
+
+    @model_validator(mode="after")
+    def _verifiable(self) -> BackupSpec:
+        v, enc = self.verify, self.encryption
+        if v is not None and v.restore and self.source.postgres is None and v.query:
+            raise ValueError("verify.query needs a postgres source")
+        if (v is not None and v.restore and enc is not None and enc.age_recipients_file
+                and enc.age_identity_file is None):
+            raise ValueError("verify.restore of age-encrypted backups needs "
+                             "encryption.age_identity_file")
+        return self
