@@ -39,6 +39,14 @@ def add_parsers(sub: Any) -> None:
     v.add_argument("name", metavar="NAME")
     v.add_argument("--run", default=None, metavar="RUNID", help="default: the newest run")
     v.set_defaults(func=cmd_verify)
+    pr = bv.add_parser("prune", parents=[common], help="apply the retention policy to the "
+                       "local runs (and the offsite copies)")
+    pr.add_argument("name", metavar="NAME")
+    pr.add_argument("--check", action="store_true", help="list what would be pruned; delete "
+                    "nothing")
+    pr.add_argument("--explain", action="store_true", help="say for every run which rule keeps "
+                    "it")
+    pr.set_defaults(func=cmd_prune)
     rs = bv.add_parser("restore", parents=[common], help="put a run back (asks first)")
     rs.add_argument("name", metavar="NAME")
     rs.add_argument("--run", default=None, metavar="RUNID", help="this run")
@@ -119,6 +127,52 @@ def cmd_list(args: argparse.Namespace) -> int:
             for run in runs:
                 print("  " + describe(run))
     return EXIT_OK
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from agent.backups import BackupError
+    from agent.backups.prune import prune_local
+
+    spec = _spec(args)
+    if spec.retention is None:
+        print(f"opsagent: backup {spec.name} has no retention: nothing is pruned",
+              file=sys.stderr)
+        return EXIT_INPUT
+    now = datetime.now(UTC)
+    try:
+        local = prune_local(spec, now=now, check=args.check)
+    except BackupError as e:
+        print(f"opsagent: backup {spec.name}: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    remote: list[Any] = []
+    if spec.offsite is not None:
+        from agent.backups.offsite import prune_remote
+
+        remote = prune_remote(spec, now, check=args.check)
+    doc = {"backup": spec.name, "check": args.check,
+           "local": [{"run": d.backup.id, "keep": d.keep, "why": d.explain()}
+                     for d in local.decisions],
+           "removed": local.removed,
+           "offsite": [{"target": p.url, "error": p.error,
+                        "to_delete": list(p.to_delete), "deleted": list(p.deleted)}
+                       for p in remote]}
+    _emit(args, doc)
+    if not args.json:
+        verb = "would prune" if args.check else "pruned"
+        gone = local.to_remove
+        print(f"backup {spec.name}: {verb} {len(gone)} of {len(local.decisions)} local runs"
+              + (f": {', '.join(gone)}" if gone else ""))
+        if args.explain:
+            for d in local.decisions:
+                print("  " + d.explain())
+        for p in remote:
+            if p.error:
+                print(f"  offsite: {p.error}")
+            else:
+                print(f"  offsite: {verb} {len(p.to_delete)}")
+    return EXIT_FAILED if any(p.error for p in remote) else EXIT_OK
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

@@ -58,7 +58,8 @@ backups: [{name: b, schedule: '0 2 * * *', source: {paths: [/srv]}, destination:
         ("thresholds", "skipped"), ("watches", "skipped"), ("backups", "skipped")]
     messages = [r.message for r in result.results]
     assert "opsagent check" in messages[0] and "agent service" in messages[1]
-    assert all("not built yet" in m for m in messages[2:])
+    assert "opsagent watch test" in messages[2] and "opsagent backup run" in messages[3]
+    assert all("agent service" in m for m in messages[1:])
 
 
 def test_a_hung_provider_call_times_out_and_the_run_goes_on(tmp_path):

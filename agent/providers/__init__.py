@@ -19,8 +19,10 @@ REGISTRY: dict[str, str] = {
 PENDING: dict[str, str] = {
     "checks": "health checks run in the agent service (`opsagent check` runs them once)",
     "thresholds": "thresholds are evaluated by the agent service (`opsagent run`)",
-    "watches": "log watches run in the agent service, not built yet",
-    "backups": "backups are not built yet",
+    "watches": "log watches run in the agent service (`opsagent watch test` tries them on a "
+               "file)",
+    "backups": "backups run on their schedule in the agent service (`opsagent backup run` "
+               "runs one now)",
 }
 
 

@@ -87,6 +87,8 @@ class Agent:
         self.observer: Any = None
         self.watches: Any = None
         self.auditor: Any = None
+        self.scheduler: Any = None
+        self.stale_backups: Any = None
         self._blocker: Any = None
         self._block_lock = threading.Lock()
         self.fleet_blocks: Any = None
@@ -178,6 +180,8 @@ class Agent:
             self.health_server.shutdown()
         if self.auditor is not None:
             self.auditor.stop()
+        if self.scheduler is not None:
+            self.scheduler.stop()
         if self.fleet_blocks is not None:
             self.fleet_blocks.stop()
         if self.watches is not None:
@@ -236,8 +240,12 @@ class Agent:
                 self.observer.run_due()
             if self.auditor is not None:
                 self.auditor.run_due()
+            if self.scheduler is not None:
+                self.scheduler.run_due()
+                self.stale_backups.check()
             busy = (self.observer is not None and self.observer.active) or (
-                self.watches is not None and self.watches.active)
+                self.watches is not None and self.watches.active) or (
+                self.scheduler is not None and bool(self.scheduler.jobs))
             if busy and time.monotonic() >= self.next_status:
                 self._write_status()  # checks, alerts and watches, a few seconds fresh
             self._beat()
@@ -255,10 +263,16 @@ class Agent:
             wake_at.append(self.next_beat)
         if self.observer is not None and (due := self.observer.next_due()) is not None:
             wake_at.append(due)
-        if self.watches is not None and self.watches.active:
+        if (self.watches is not None and self.watches.active) or (
+                self.scheduler is not None and self.scheduler.jobs):
             wake_at.append(self.next_status)
         if self.auditor is not None and (due := self.auditor.next_due()) is not None:
             wake_at.append(due)
+        if self.scheduler is not None:
+            if (at := self.scheduler.next_due()) is not None:
+                wake_at.append(now + max(0.0, at - time.time()))  # an epoch slot
+            if self.stale_backups.specs:
+                wake_at.append(self.stale_backups.next_at)
         timeout = max(0.0, min(wake_at) - now)
         for key, _mask in self.sel.select(timeout):
             self._on_ready(key)
@@ -575,6 +589,11 @@ class Agent:
             self.observer.configure(new.playbooks)
         if self.auditor is not None:
             self.auditor.configure(new.playbooks)
+        if self.scheduler is not None:
+            from agent.service.jobs import jobs_of
+
+            self.scheduler.configure(jobs_of(new.playbooks, self.cfg.host))
+            self.stale_backups.configure(new.playbooks)
         if self.watches is not None:
             try:
                 self.watches.configure(new.playbooks)
@@ -671,6 +690,11 @@ class Agent:
         self.auditor = Auditor(self.cfg.state_dir, self.cfg.host, self._alert,
                                self.observer.notify_queue_put, self.wake)
         rule_metrics.PROVIDERS["audit."] = lambda metric: self.auditor.values().get(metric)
+        from agent.service.jobs import StaleBackups
+        from agent.service.scheduling import Scheduler
+
+        self.scheduler = Scheduler(self.cfg.state_dir, self._alert, self.wake)
+        self.stale_backups = StaleBackups(self._alert, lambda key: key in self.scheduler.running)
 
     def _nft(self) -> Any:
         from agent.firewall.host import nft_command
@@ -798,6 +822,7 @@ class Agent:
                           if self.cfg.collector else None),
             **(self.observer.status() if self.observer is not None else {}),
             "watches": self.watches.status() if self.watches is not None else {},
+            "jobs": self.scheduler.status() if self.scheduler is not None else {},
         }
         self.next_status = time.monotonic() + STATUS_EVERY_S
         try:
