@@ -111,6 +111,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def _print_report(report: Any, indent: str) -> None:
+    from agent.playbook.types import format_size
+
     since = f" since {report.stats_since}" if report.stats_since else \
         " since the statistics began"
     if report.slow_queries is not None:
@@ -124,23 +126,15 @@ def _print_report(report: Any, indent: str) -> None:
     if report.unused_indexes is not None:
         print(f"{indent}unused indexes (never scanned{since}):")
         for ix in report.unused_indexes:
-            print(f"{indent}  {ix.index} on {ix.table}  {_size(ix.size_bytes)}")
+            print(f"{indent}  {ix.index} on {ix.table}  {format_size(ix.size_bytes)}")
         if not report.unused_indexes:
             print(f"{indent}  none")
     if report.tables is not None:
         print(f"{indent}tables (dead rows, estimated bloat):")
         for t in report.tables:
             print(f"{indent}  {t.table}  {t.dead_rows} dead / {t.live_rows} live "
-                  f"({t.dead_percent:.1f}%), ~{_size(t.bloat_bytes)} of {_size(t.table_bytes)}"
+                  f"({t.dead_percent:.1f}%), ~{format_size(t.bloat_bytes)} of "
+                  f"{format_size(t.table_bytes)}"
                   f", last vacuum {t.last_vacuum or 'never'}")
         if not report.tables:
             print(f"{indent}  no user tables")
-
-
-def _size(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} TiB"

@@ -47,6 +47,19 @@ def collector(tmp_path: Any) -> Iterator[Any]:
         proc.stop()
 
 
+@pytest.fixture
+def netns() -> Iterator[Any]:
+    """Three network namespaces joined by veth pairs, nftables acting in the middle one
+    (tests/harness/netns.py); deleted, with everything in them, after the test."""
+    from tests.harness.netns import Netns
+
+    ns = Netns().start()
+    try:
+        yield ns
+    finally:
+        ns.close()
+
+
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[Any]:
     """A throw-away PostgreSQL server (initdb on a free port), shared by the session."""

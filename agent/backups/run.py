@@ -30,6 +30,7 @@ from agent.backups.store import (
 )
 from agent.errors import OpsAgentError
 from agent.playbook.models.backups import BackupSpec
+from agent.playbook.types import format_size
 
 log = logging.getLogger("opsagent.backups")
 
@@ -166,13 +167,4 @@ def find_spec(specs: list[BackupSpec], name: str) -> BackupSpec:
 def describe(run: RunInfo) -> str:
     state = {None: "not verified", True: "verified", False: "verification FAILED"}[run.verified]
     return (f"{run.run_id}  {iso(run.finished)}  {len(run.artefacts)} artefacts  "
-            f"{_size(run.bytes_raw)} → {_size(run.bytes_stored)}  {state}")
-
-
-def _size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"
+            f"{format_size(run.bytes_raw)} → {format_size(run.bytes_stored)}  {state}")

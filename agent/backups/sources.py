@@ -107,15 +107,7 @@ def stream_command(argv: list[str], *, env: dict[str, str], ctx: SourceContext, 
         except OSError as e:
             raise SourceError(f"{what}: cannot start {argv[0]}: {e.strerror}") from None
         assert proc.stdout is not None
-        late = threading.Event()
-
-        def expire() -> None:
-            late.set()
-            proc.kill()
-
-        timer = threading.Timer(ctx.remaining(), expire)
-        timer.daemon = True
-        timer.start()
+        timer, late = _kill_after(proc, ctx.remaining())
         try:
             yield proc.stdout
             while proc.stdout.read(1 << 16):  # a reader that stopped early: let it finish
@@ -134,6 +126,21 @@ def stream_command(argv: list[str], *, env: dict[str, str], ctx: SourceContext, 
             raise SourceError(f"{what} exited {rc}: {read_tail(err, hide)}")
 
 
+def _kill_after(proc: subprocess.Popen[bytes], seconds: float
+                ) -> tuple[threading.Timer, threading.Event]:
+    """Kill ``proc`` in ``seconds`` unless the timer is cancelled; the event says it was."""
+    late = threading.Event()
+
+    def expire() -> None:
+        late.set()
+        proc.kill()
+
+    timer = threading.Timer(max(0.0, seconds), expire)
+    timer.daemon = True
+    timer.start()
+    return timer, late
+
+
 @contextlib.contextmanager
 def feed_command(argv: list[str], *, env: dict[str, str], deadline: float, what: str,
                  hide: tuple[str, ...] = (),
@@ -146,15 +153,7 @@ def feed_command(argv: list[str], *, env: dict[str, str], deadline: float, what:
         except OSError as e:
             raise error(f"{what}: cannot start {argv[0]}: {e.strerror}") from None
         assert proc.stdin is not None
-        late = threading.Event()
-
-        def expire() -> None:
-            late.set()
-            proc.kill()
-
-        timer = threading.Timer(max(0.0, deadline - time.monotonic()), expire)
-        timer.daemon = True
-        timer.start()
+        timer, late = _kill_after(proc, deadline - time.monotonic())
         stopped = False
         try:
             try:
@@ -548,20 +547,12 @@ class PgServer:
 
 def read_dsn(src: PostgresSource) -> PgServer:
     """The server of a postgres source, from dsn_env or dsn_file (libpq defaults without)."""
-    if src.dsn_env is not None:
-        dsn = os.environ.get(src.dsn_env, "").strip()
-        if not dsn:
-            raise SourceError(f"environment variable {src.dsn_env} (dsn_env) is not set")
-        origin = f"dsn_env {src.dsn_env}"
-    elif src.dsn_file is not None:
-        try:
-            with open(src.dsn_file, encoding="utf-8") as f:
-                dsn = f.read().strip()
-        except OSError as e:
-            raise SourceError(f"cannot read dsn_file {src.dsn_file}: {e.strerror}") from None
-        origin = f"dsn_file {src.dsn_file}"
-    else:
-        dsn, origin = "", "libpq defaults"
+    if src.dsn_env is None and src.dsn_file is None:
+        return server_of("", "libpq defaults")
+    from agent.secrets import read_secret
+
+    dsn = read_secret(src, "dsn", SourceError, strip=True)
+    origin = f"dsn_env {src.dsn_env}" if src.dsn_env else f"dsn_file {src.dsn_file}"
     return server_of(dsn, origin)
 
 

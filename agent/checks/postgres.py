@@ -13,7 +13,6 @@ their state, so long queries of other roles are only counted for a privileged ro
 from __future__ import annotations
 
 import math
-import os
 import time
 from typing import Any
 
@@ -63,20 +62,9 @@ def probe_postgres(spec: PostgresProbe, timeout: float) -> Outcome:
 
 
 def read_dsn(spec: PostgresProbe) -> str:
-    if spec.dsn_env is not None:
-        dsn = os.environ.get(spec.dsn_env, "").strip()
-        if not dsn:
-            raise _NoDsn(f"environment variable {spec.dsn_env} (dsn_env) is not set")
-        return dsn
-    path = spec.dsn_file or ""
-    try:
-        with open(path, encoding="utf-8") as f:
-            dsn = f.read(8192).strip()
-    except OSError as e:
-        raise _NoDsn(f"cannot read dsn_file {path}: {e.strerror}") from None
-    if not dsn:
-        raise _NoDsn(f"dsn_file {path} is empty")
-    return dsn
+    from agent.secrets import read_secret
+
+    return read_secret(spec, "dsn", _NoDsn, strip=True)
 
 
 def describe_dsn(dsn: str) -> tuple[str, str] | None:

@@ -16,7 +16,6 @@ and the test of maintenance windows. Every statement is composed with ``psycopg.
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
@@ -38,20 +37,9 @@ class DbError(ProviderError):
 
 
 def read_dsn(target: DbTarget) -> str:
-    if target.dsn_env is not None:
-        dsn = os.environ.get(target.dsn_env, "").strip()
-        if not dsn:
-            raise DbError(f"environment variable {target.dsn_env} (dsn_env) is not set")
-        return dsn
-    path = target.dsn_file or ""
-    try:
-        with open(path, encoding="utf-8") as f:
-            dsn = f.read(8192).strip()
-    except OSError as e:
-        raise DbError(f"cannot read dsn_file {path}: {e.strerror}") from None
-    if not dsn:
-        raise DbError(f"dsn_file {path} is empty")
-    return dsn
+    from agent.secrets import read_secret
+
+    return read_secret(target, "dsn", DbError, strip=True)
 
 
 class Connection:

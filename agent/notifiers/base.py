@@ -62,24 +62,9 @@ def secret(spec: Any, name: str) -> str:
     """The secret ``name`` of a notifier spec, from ``<name>_env`` or ``<name>_file``, read
     when sending (a rotated secret is picked up). Errors name the variable or file, never a
     value; they are retried, since an operator can fix them without restarting anything."""
-    import os
+    from agent.secrets import read_secret
 
-    env, path = getattr(spec, f"{name}_env", None), getattr(spec, f"{name}_file", None)
-    if env is not None:
-        value = os.environ.get(env)
-        if not value:
-            raise DeliveryError(f"environment variable {env} ({name}) is not set")
-        return value
-    if path is not None:
-        try:
-            with open(path, encoding="utf-8") as f:
-                value = f.read().rstrip("\n")
-        except OSError as e:
-            raise DeliveryError(f"cannot read {name} from {path}: {e.strerror or e}") from None
-        if not value:
-            raise DeliveryError(f"{path} ({name}) is empty")
-        return value
-    raise DeliveryError(f"no {name}_env or {name}_file given")
+    return read_secret(spec, name, DeliveryError)
 
 
 def when(t: float) -> str:

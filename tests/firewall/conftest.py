@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -10,15 +9,6 @@ import pytest
 
 from agent.firewall import Blocker, Nftables, Protected
 from tests.harness.netns import Netns
-
-
-@pytest.fixture
-def netns() -> Iterator[Netns]:
-    ns = Netns().start()
-    try:
-        yield ns
-    finally:
-        ns.close()
 
 
 @pytest.fixture

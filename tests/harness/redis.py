@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from tests.harness.collector import free_port
+from tests.harness.procs import end
 
 
 class RedisServer:
@@ -55,11 +56,5 @@ class RedisServer:
                            password=self.password, **kwargs)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        end(self.proc)
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 
 from tests.harness.collector import free_port
+from tests.harness.procs import end
 
 REGION = "us-east-1"
 
@@ -52,11 +53,5 @@ class S3Server:
                                           connect_timeout=5, read_timeout=10))
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        end(self.proc)
         self.log.unlink(missing_ok=True)

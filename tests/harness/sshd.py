@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from tests.harness.collector import free_port
+from tests.harness.procs import end
 
 SSHD = "/usr/sbin/sshd"
 
@@ -75,11 +76,5 @@ class Sshd:
         return f"[127.0.0.1]:{self.port} {kind} {b64}\n"
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        end(self.proc)
         shutil.rmtree(self.dir, ignore_errors=True)

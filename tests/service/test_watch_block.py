@@ -11,7 +11,6 @@ import signal
 import sqlite3
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,15 +20,6 @@ from tests.harness.recorders import HttpRecorder
 from tests.service.agentproc import AgentProc, wait_for
 
 pytestmark = pytest.mark.skipif(unavailable() is not None, reason=str(unavailable()))
-
-
-@pytest.fixture
-def netns() -> Iterator[Netns]:
-    ns = Netns().start()
-    try:
-        yield ns
-    finally:
-        ns.close()
 
 
 def line(ip: str, user: str = "admin", pid: int = 100) -> str:
