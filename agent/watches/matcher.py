@@ -17,7 +17,11 @@ from agent.watches.patterns import Compiled, compile_fail2ban, compile_plain
 from agent.watches.prefilter import Prefilter
 
 _TUNE_SAMPLE = 256 * 1024
-Raw = tuple[re.Match[bytes], int, float | None, str]  # match, alternative, time, why not
+# match, alternative, time, why it does not count ("" when it does), and the address taken
+# from another line of the same connection when the line itself names none
+Raw = tuple[re.Match[bytes], int, float | None, str, str | None]
+MLFID_PENDING_MAX = 10_000  # connections waiting for their address, at most
+RECENT_BYTES = 256 * 1024  # earlier input looked back into for a connection's address
 
 
 class LineMatch:
@@ -25,13 +29,14 @@ class LineMatch:
     (not when an ignore pattern or fail2ban's NOFAIL marker says so). Groups are read on
     demand: most matches only need their key."""
 
-    __slots__ = ("_m", "_c", "alternative", "at", "counts", "why_not")
+    __slots__ = ("_m", "_c", "alternative", "at", "counts", "why_not", "_addr")
 
     def __init__(self, m: re.Match[bytes], c: Compiled, alternative: int, at: float | None,
-                 why_not: str) -> None:
+                 why_not: str, addr: str | None = None) -> None:
         self._m, self._c = m, c
         self.alternative, self.at = alternative, at
         self.counts, self.why_not = not why_not, why_not
+        self._addr = addr  # from another line of the same connection (fail2ban's mlfid)
 
     @property
     def line(self) -> bytes:
@@ -39,6 +44,8 @@ class LineMatch:
         return m.string[m.pos:m.endpos]
 
     def value(self, name: str) -> str | None:
+        if self._addr is not None and name in ("ip", "host"):
+            return self._addr
         return self._c.value(self._m, self.alternative, name)
 
     @property
@@ -69,6 +76,12 @@ class Matcher:
         self.prefilter = Prefilter(compiled.literals())
         self.clock = clock or LineClock()
         self._tuned = compiled.runs is None
+        self._mlfid = compiled.regex.groupindex.get("_mlfid") if compiled.fail2ban else None
+        self._addr_groups = [compiled.indexes(k, "ip") for k in range(len(compiled.alternatives))]
+        # failures whose line names no address, by connection, until a line of the same
+        # connection does (fail2ban's multi-line failure id)
+        self._pending: dict[bytes, list[tuple[re.Match[bytes], int, float | None]]] = {}
+        self._before = b""  # the end of what earlier buffers held, for a connection's lines
 
     def tune(self, sample: bytes) -> None:
         """Choose the prefilter's literals by how rare they are in real lines."""
@@ -78,7 +91,8 @@ class Matcher:
     def scan(self, buf: bytes, stats: ScanStats) -> list[LineMatch]:
         """The matching lines of ``buf`` (complete lines), counted into ``stats``."""
         c = self.compiled
-        return [LineMatch(m, c, k, at, why) for m, k, at, why in self.scan_raw(buf, stats)]
+        return [LineMatch(m, c, k, at, why, addr)
+                for m, k, at, why, addr in self.scan_raw(buf, stats)]
 
     def scan_raw(self, buf: bytes, stats: ScanStats) -> list[Raw]:
         """``scan`` without the LineMatch wrappers (the replay of big files is this loop)."""
@@ -99,6 +113,7 @@ class Matcher:
         last_date, last_at = b"", None
         line_end = -1
         matched = nofails = ignored = 0
+        mlfid = self._mlfid
         for hit in self.prefilter.hits(buf):
             if hit < 0:  # no prefilter: every line, given as -(start + 1)
                 start = -hit - 1
@@ -130,9 +145,19 @@ class Matcher:
             elif ignore and any(p.search(buf, start, line_end) for p in ignore):
                 why = "ignored"
                 ignored += 1
+            elif mlfid is not None and not self._address(m, k) and m.group(mlfid):
+                self._wait(m.group(mlfid), m, k, at)
+                continue
             else:
                 matched += 1
-            add((m, k, at, why))
+            add((m, k, at, why, None))
+        if self._pending:
+            for resolved in self._resolve(buf):
+                matched += 1
+                add(resolved)
+        if self._mlfid is not None:
+            self._before = (self._before + buf)[-RECENT_BYTES:] if len(buf) < RECENT_BYTES \
+                else buf[-RECENT_BYTES:]
         stats.matched += matched
         stats.nofail += nofails
         stats.ignored += ignored
@@ -141,3 +166,65 @@ class Matcher:
             if n:
                 per_alt[k] = per_alt.get(k, 0) + n
         return out
+
+    # --- failures named by their connection (fail2ban's mlfid) ----------------------------
+
+    def _address(self, m: re.Match[bytes], k: int) -> bytes | None:
+        for i in self._addr_groups[k]:
+            v = m.group(i)
+            if v is not None:
+                return v
+        return None
+
+    def _wait(self, conn: bytes, m: re.Match[bytes], k: int, at: float | None) -> None:
+        if conn not in self._pending and len(self._pending) >= MLFID_PENDING_MAX:
+            del self._pending[next(iter(self._pending))]  # the oldest connection waits no more
+        self._pending.setdefault(conn, []).append((m, k, at))
+
+    def _resolve(self, buf: bytes) -> list[Raw]:
+        """Failures waiting for an address that a line of the same connection gives: the
+        nearest such line before the failure (in ``buf``, then in the last 256 KiB read
+        before it), else the first after it. As fail2ban merges a connection's lines, the
+        waiting failures count once, and not at all when that line is a failure itself."""
+        out: list[Raw] = []
+        for conn in list(self._pending):
+            waiting = self._pending[conn]
+            m0 = waiting[0][0]
+            here = m0.string is buf
+            found = self._near(buf, conn, m0.pos, backwards=True) if here else None
+            if found is None and here:
+                found = self._near(self._before, conn, len(self._before), backwards=True)
+            if found is None:
+                found = self._near(buf, conn, m0.endpos if here else 0, backwards=False)
+                if found is not None and found[1]:
+                    del self._pending[conn]  # that failure already counts, with its address
+                    continue
+            if found is None:
+                continue
+            m, k, at = waiting[-1]
+            out.append((m, k, at, "", found[0].decode("utf-8", "replace")))
+            del self._pending[conn]
+        return out
+
+    def _near(self, buf: bytes, conn: bytes, at: int, *, backwards: bool
+              ) -> tuple[bytes, bool] | None:
+        """(address, whether that line is a failure) of the connection's nearest line."""
+        c = self.compiled
+        for _ in range(16):  # lines of this connection looked at, at most
+            hit = buf.rfind(conn, 0, at) if backwards else buf.find(conn, at)
+            if hit == -1:
+                return None
+            start = buf.rfind(b"\n", 0, hit) + 1
+            end = buf.find(b"\n", hit)
+            end = len(buf) if end == -1 else end
+            m = c.regex.match(buf, start, end)
+            if m is not None and m.group("_mlfid") == conn:
+                k = c.alternative(m)
+                addr = self._address(m, k)
+                if addr is not None:
+                    nofail = any(m.group(i) is not None for i in c.nofail_groups[k])
+                    return addr, not nofail
+            at = start - 1 if backwards else end + 1
+            if backwards and at < 0:
+                return None
+        return None

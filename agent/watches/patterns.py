@@ -191,7 +191,8 @@ def compile_fail2ban(flt: Fail2banFilter, ignore: list[str] | None) -> Compiled:
         if not sep:
             raise FilterError(f"{flt.path}: prefregex has no <F-CONTENT> part")
         prefix = head[1:] if head.startswith("^") else head
-        prefix = re.sub(r"\(\?P<(mlfid|mlfforget|mlfgained)>", "(?:", prefix)
+        prefix = re.sub(r"\(\?P<(mlfforget|mlfgained)>", "(?:", prefix)
+        prefix = prefix.replace("(?P<mlfid>", "(?P<_mlfid>")  # the connection: see Matcher
     start = f"(?>[ \\t]*(?:{DATE_AT_START})?{prefix})" if flt.datepattern in (
         None, "{^LN-BEG}", "{DEFAULT}") else f"(?>[ \\t]*{prefix})"
     text = f"{start}(?:{'|'.join(body)})"

@@ -138,11 +138,13 @@ def _collect(matcher: Matcher, found: list[Raw], part: Part, key: str) -> None:
     index_of = [c.indexes(k, key) for k in range(len(c.alternatives))] if key else []
     times = part.times
     now = time.time()
-    for m, k, at, why in found:
+    for m, k, at, why, addr in found:
         if why:
             continue
         value: bytes | None = b""
-        if key:
+        if key and addr is not None and key in ("ip", "host"):
+            value = addr.encode()
+        elif key:
             value = None
             for i in index_of[k]:
                 value = m.group(i)
@@ -154,7 +156,7 @@ def _collect(matcher: Matcher, found: list[Raw], part: Part, key: str) -> None:
         if t is None:
             t = times[value] = []
         t.append(at if at is not None else now)
-    for m, _k, _at, why in found:
+    for m, _k, _at, why, _addr in found:
         if len(part.samples) >= SAMPLES:
             break
         if not why:

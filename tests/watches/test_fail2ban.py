@@ -121,3 +121,35 @@ def test_bad_filters_are_refused_with_the_file_named(tmp_path) -> None:
     with pytest.raises(FilterError, match="does not compile"):
         compile_watch(watch(path=str(broken)))
     assert os.path.exists(SSHD)
+
+
+MULTILINE_SESSIONS = """\
+Mar 14 00:00:01 web01 sshd[500]: Disconnecting: Too many authentication failures [preauth]
+Mar 14 00:00:01 web01 sshd[500]: Connection closed by authenticating user root 203.0.113.50 port 2222 [preauth]
+Mar 14 00:00:02 web01 sshd[501]: Connection closed by authenticating user root 203.0.113.51 port 2222 [preauth]
+Mar 14 00:00:03 web01 sshd[502]: Connection from 203.0.113.52 port 4444 on 10.0.0.1 port 22
+Mar 14 00:00:04 web01 sshd[502]: Disconnecting: Too many authentication failures [preauth]
+Mar 14 00:00:05 web01 sshd[503]: Failed password for root from 203.0.113.53 port 1 ssh2
+Mar 14 00:00:06 web01 sshd[503]: Accepted password for root from 203.0.113.53 port 1 ssh2
+Mar 14 00:00:07 web01 sshd[504]: pam_unix(sshd:auth): authentication failure; logname= uid=0 euid=0 tty=ssh ruser= rhost=203.0.113.54  user=root
+Mar 14 00:00:07 web01 sshd[504]: Failed password for root from 203.0.113.54 port 1 ssh2
+Mar 14 00:00:08 web01 sshd[505]: Disconnecting: Too many authentication failures [preauth]
+"""
+
+
+@pytest.mark.parametrize("mode", ["normal", "aggressive"])
+def test_a_failure_without_address_takes_its_connections(tmp_path, mode: str) -> None:
+    """fail2ban's mlfid: "Disconnecting: Too many authentication failures" names no address;
+    another line of the same sshd[PID] (before or after it) does."""
+    log = tmp_path / "auth.log"
+    log.write_text(MULTILINE_SESSIONS)
+    ours = our_addresses(log.read_bytes(), watch({"mode": mode}))
+    theirs = fail2ban_addresses(str(log), f"{SSHD}[mode={mode}]")
+    assert theirs["203.0.113.50"] == 1 and theirs["203.0.113.52"] == 1
+    assert ours == theirs
+    # the same lines arriving one at a time (a followed log): the address comes later
+    m = Matcher(compile_watch(watch({"mode": mode})))
+    found = []
+    for line in MULTILINE_SESSIONS.splitlines(keepends=True):
+        found += [lm.value("ip") for lm in m.scan(line.encode(), ScanStats()) if lm.counts]
+    assert collections.Counter(found) == theirs
