@@ -16,8 +16,9 @@ Every file is verified after upload. SFTP: written as .FILE.part, read back over
 hashed, then renamed into place. S3: sent with x-amz-checksum-sha256, which the store checks
 on arrival (AWS and current MinIO/Ceph do; moto stores it unchecked) and keeps; HEAD with
 ChecksumMode=ENABLED must then return that SHA-256. When the store keeps none (older
-S3-compatible servers), or for multipart uploads (past MULTIPART_THRESHOLD, whose checksum is
-one of the parts'), the object is read back and hashed.
+S3-compatible servers), or for multipart uploads (past 4 GiB, whose checksum is one of the
+parts'), the object is read back and hashed. The remotes themselves are in offsite_sftp.py and
+offsite_s3.py.
 
 Host keys: the server's key must be in ``known_hosts``; an unknown key is refused unless
 ``accept_new`` (then recorded), a changed key is always refused. Every connection and request
@@ -31,34 +32,24 @@ result. Errors (under agent.backups.BackupError)::
 
 from __future__ import annotations
 
-import base64
-import configparser
 import hashlib
 import json
-import os
-import posixpath
-import stat
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
-
-import paramiko
 
 from agent.backups import BackupError, IntegrityError
 from agent.backups.retention import Backup, Decision, plan
 from agent.playbook.models.backups import BackupSpec, Retention, S3Target, SftpTarget
 
 if TYPE_CHECKING:
-    from mypy_boto3_s3 import S3Client
+    pass
 
 MANIFEST = "manifest.json"
 CHUNK = 1 << 20
-MULTIPART_THRESHOLD = 4 << 30  # a single PUT may carry 5 GiB; past this, multipart
-PART_SIZE = 256 << 20
 _T = TypeVar("_T")
 
 
@@ -297,7 +288,11 @@ def _targets(spec: BackupSpec) -> list[tuple[str, SftpTarget | S3Target]]:
 
 def _open(target: SftpTarget | S3Target) -> Remote:
     if isinstance(target, SftpTarget):
+        from agent.backups.offsite_sftp import SftpRemote
+
         return SftpRemote(target)
+    from agent.backups.offsite_s3 import S3Remote
+
     return S3Remote(target)
 
 
@@ -401,369 +396,3 @@ def verify_remote(spec: BackupSpec, run_id: str, read_back: bool = False) -> lis
 
     return _each(spec, work, lambda kind, url, error: TargetCheck(kind, url, False,
                                                                   problems=(error,)))
-
-
-# -- SFTP (paramiko) -------------------------------------------------------------------------
-
-def _fingerprint(key: paramiko.PKey) -> str:
-    digest = base64.b64encode(hashlib.sha256(key.asbytes()).digest()).decode().rstrip("=")
-    return f"{key.get_name()} SHA256:{digest}"
-
-
-class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
-    """An unknown host key: refused, or with accept_new recorded in known_hosts and trusted."""
-
-    def __init__(self, known_hosts: Path, accept_new: bool) -> None:
-        self.known_hosts = known_hosts
-        self.accept_new = accept_new
-
-    def missing_host_key(self, client: paramiko.SSHClient, hostname: str,
-                         key: paramiko.PKey) -> None:
-        if not self.accept_new:
-            raise HostKeyRefused(
-                f"{hostname}: host key {_fingerprint(key)} is not in {self.known_hosts}; "
-                "compare it with the host's own (ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub "
-                "there), then add it to known_hosts, or set accept_new: true")
-        self.known_hosts.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(self.known_hosts, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        with os.fdopen(fd, "a") as f:
-            f.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
-        client.get_host_keys().add(hostname, key.get_name(), key)
-
-
-class SftpRemote:
-    """A directory on another host; files 0600 and folders 0700 at the far end."""
-
-    def __init__(self, t: SftpTarget) -> None:
-        self.t = t
-        self.url = describe(t).rstrip("/") + "/"
-        self.root = t.path.rstrip("/") or "/"
-        self.known_hosts = Path(t.known_hosts).expanduser()
-        self._dirs: set[str] = set()
-        self.client = paramiko.SSHClient()
-        try:
-            with self._guard("connecting"):
-                if self.known_hosts.exists():
-                    self.client.load_host_keys(str(self.known_hosts))
-                self.client.set_missing_host_key_policy(
-                    _HostKeyPolicy(self.known_hosts, t.accept_new))
-                self.client.connect(
-                    t.host, t.port, username=t.user, look_for_keys=False,
-                    key_filename=str(Path(t.key_file).expanduser()) if t.key_file else None,
-                    allow_agent=t.key_file is None, timeout=t.timeout,
-                    banner_timeout=t.timeout, auth_timeout=t.timeout,
-                    channel_timeout=t.timeout)
-                self.sftp = self.client.open_sftp()
-                self.sftp.get_channel().settimeout(t.timeout)  # type: ignore[union-attr]
-        except BaseException:
-            self.client.close()
-            raise
-
-    @contextmanager
-    def _guard(self, doing: str) -> Iterator[None]:
-        """paramiko and socket errors become OffsiteError, named after the target."""
-        t = self.t
-        where = f"{self.url} ({doing})"
-        try:
-            yield
-        except (OffsiteError, IntegrityError):
-            raise
-        except paramiko.BadHostKeyException as e:
-            name = t.host if t.port == 22 else f"[{t.host}]:{t.port}"
-            raise HostKeyRefused(
-                f"{where}: the host key changed: {self.known_hosts} has "
-                f"{_fingerprint(e.expected_key)}, the server offers {_fingerprint(e.key)}; "
-                "refusing to connect (someone may be in between). If the host was "
-                f"reinstalled, remove the old key: ssh-keygen -R '{name}' -f "
-                f"{self.known_hosts}") from None
-        except paramiko.AuthenticationException as e:
-            keys = t.key_file or "the ssh-agent's keys"
-            raise OffsiteError(f"{where}: authentication as {t.user} with {keys} failed: "
-                               f"{e}") from None
-        except TimeoutError:
-            raise OffsiteError(f"{where}: no answer within {t.timeout:g}s") from None
-        except (paramiko.SSHException, OSError, EOFError) as e:
-            raise OffsiteError(f"{where}: {e or type(e).__name__}") from None
-
-    def _full(self, rel: str) -> str:
-        return posixpath.join(self.root, rel)
-
-    def list_dirs(self, rel: str) -> list[str]:
-        with self._guard(f"listing {rel}"):
-            try:
-                entries = self.sftp.listdir_attr(self._full(rel))
-            except FileNotFoundError:
-                return []
-        return sorted(e.filename for e in entries
-                      if stat.S_ISDIR(e.st_mode or 0) and not e.filename.startswith("."))
-
-    def read(self, rel: str) -> bytes | None:
-        with self._guard(f"reading {rel}"):
-            try:
-                with self.sftp.open(self._full(rel), "rb") as f:
-                    return f.read()
-            except FileNotFoundError:
-                return None
-
-    def _hash(self, path: str) -> str:
-        h = hashlib.sha256()
-        with self.sftp.open(path, "rb") as f:
-            f.prefetch(max_concurrent_requests=64)
-            while chunk := f.read(CHUNK):
-                h.update(chunk)
-        return h.hexdigest()
-
-    def sha256(self, rel: str, read_back: bool = True) -> str | None:
-        """Always read back and hashed: SFTP has no checksum of its own."""
-        with self._guard(f"reading back {rel}"):
-            try:
-                return self._hash(self._full(rel))
-            except FileNotFoundError:
-                return None
-
-    def _makedirs(self, path: str) -> None:
-        cur = ""
-        for part in path.strip("/").split("/"):
-            cur += "/" + part
-            if cur in self._dirs:
-                continue
-            try:
-                self.sftp.stat(cur)
-            except FileNotFoundError:
-                self.sftp.mkdir(cur, 0o700)
-            self._dirs.add(cur)
-
-    def upload(self, local: Path, rel: str, sha256: str, size: int) -> None:
-        full = self._full(rel)
-        folder, base = posixpath.split(full)
-        tmp = posixpath.join(folder, f".{base}.part")
-        with self._guard(f"uploading {rel}"):
-            self._makedirs(folder)
-            with local.open("rb") as f:
-                self.sftp.putfo(f, tmp, file_size=size, confirm=True)
-            self.sftp.chmod(tmp, 0o600)
-            got = self._hash(tmp)
-            if got != sha256:
-                self.sftp.remove(tmp)
-                raise IntegrityError(f"{self.url}{rel}: read back after upload, its sha256 is "
-                                     f"{got}, not {sha256}")
-            self.sftp.posix_rename(tmp, full)
-
-    def _rmtree(self, path: str) -> None:
-        for e in self.sftp.listdir_attr(path):
-            child = posixpath.join(path, e.filename)
-            if stat.S_ISDIR(e.st_mode or 0):
-                self._rmtree(child)
-            else:
-                self.sftp.remove(child)
-        self.sftp.rmdir(path)
-
-    def delete_run(self, rel: str) -> None:
-        full = self._full(rel)
-        with self._guard(f"deleting {rel}"):
-            with suppress(FileNotFoundError):
-                self.sftp.remove(posixpath.join(full, MANIFEST))
-            self._rmtree(full)
-
-    def close(self) -> None:
-        self.client.close()
-
-
-# -- S3 (boto3) ------------------------------------------------------------------------------
-
-def _s3_credentials(t: S3Target) -> tuple[str | None, str | None, str | None]:
-    if t.access_key_env and t.secret_key_env:
-        names = (t.access_key_env, t.secret_key_env)
-        missing = [n for n in names if not os.environ.get(n)]
-        if missing:
-            raise OffsiteError(f"s3: environment variable {', '.join(missing)} is not set "
-                               "(named by access_key_env/secret_key_env)")
-        return os.environ[names[0]], os.environ[names[1]], None
-    if t.credentials_file:
-        path = Path(t.credentials_file).expanduser()
-        cp = configparser.ConfigParser()
-        try:
-            with path.open() as f:
-                cp.read_file(f)
-        except (OSError, configparser.Error) as e:
-            raise OffsiteError(f"s3: cannot read credentials_file {path}: {e}") from None
-        sec = cp["default"] if cp.has_section("default") else None
-        key = sec.get("aws_access_key_id") if sec else None
-        secret = sec.get("aws_secret_access_key") if sec else None
-        if not key or not secret:
-            raise OffsiteError(f"s3: {path} needs aws_access_key_id and aws_secret_access_key "
-                               "in its [default] section")
-        return key, secret, sec.get("aws_session_token") if sec else None
-    return None, None, None
-
-
-def _b64(hexdigest: str) -> str:
-    return base64.b64encode(bytes.fromhex(hexdigest)).decode()
-
-
-_MISSING = ("404", "NoSuchKey", "NotFound")
-_NO_CHECKSUMS = ("NotImplemented", "InvalidArgument", "InvalidRequest")
-
-
-class S3Remote:
-    """A bucket (and prefix) in S3 or an S3-compatible store."""
-
-    def __init__(self, t: S3Target) -> None:
-        import boto3
-        from botocore.config import Config
-
-        self.t = t
-        self.url = describe(t)
-        self.prefix = t.prefix.strip("/")
-        self.checksums = True  # cleared when the store refuses x-amz-checksum-sha256
-        key, secret, token = _s3_credentials(t)
-        session = boto3.session.Session(aws_access_key_id=key, aws_secret_access_key=secret,
-                                        aws_session_token=token, region_name=t.region)
-        with self._guard("setting up the client"):
-            self.s3: S3Client = session.client("s3", endpoint_url=t.endpoint_url, config=Config(
-                connect_timeout=t.timeout, read_timeout=t.timeout,
-                retries={"max_attempts": 3, "mode": "standard"},
-                request_checksum_calculation="when_required",
-                response_checksum_validation="when_required",
-                s3={"addressing_style": "path" if t.endpoint_url else "auto"}))
-
-    @contextmanager
-    def _guard(self, doing: str) -> Iterator[None]:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        try:
-            yield
-        except ClientError as e:
-            err = e.response.get("Error", {})
-            raise OffsiteError(f"{self.url} ({doing}): {err.get('Code', '?')}: "
-                               f"{err.get('Message', e)}") from None
-        except (BotoCoreError, OSError) as e:
-            raise OffsiteError(f"{self.url} ({doing}): {e}") from None
-
-    def _key(self, rel: str) -> str:
-        return f"{self.prefix}/{rel}" if self.prefix else rel
-
-    def list_dirs(self, rel: str) -> list[str]:
-        start = self._key(rel) + "/"
-        out = []
-        with self._guard(f"listing {rel}"):
-            pages = self.s3.get_paginator("list_objects_v2").paginate(
-                Bucket=self.t.bucket, Prefix=start, Delimiter="/")
-            for page in pages:
-                for cp in page.get("CommonPrefixes", []):
-                    name = cp.get("Prefix", "")[len(start):].rstrip("/")
-                    if name and not name.startswith("."):
-                        out.append(name)
-        return sorted(out)
-
-    def _missing(self, e: Exception) -> bool:
-        from botocore.exceptions import ClientError
-
-        return isinstance(e, ClientError) and e.response.get("Error", {}).get("Code") in _MISSING
-
-    def read(self, rel: str) -> bytes | None:
-        with self._guard(f"reading {rel}"):
-            try:
-                obj = self.s3.get_object(Bucket=self.t.bucket, Key=self._key(rel))
-            except Exception as e:
-                if self._missing(e):
-                    return None
-                raise
-            return obj["Body"].read()
-
-    def sha256(self, rel: str, read_back: bool = False) -> str | None:
-        """The object's SHA-256: the store's full-object checksum, else read back and hashed."""
-        key = self._key(rel)
-        with self._guard(f"checking {rel}"):
-            try:
-                head = self.s3.head_object(Bucket=self.t.bucket, Key=key, ChecksumMode="ENABLED")
-            except Exception as e:
-                if self._missing(e):
-                    return None
-                raise
-            stored = head.get("ChecksumSHA256")
-            # a multipart object's checksum ("...-N", and its ETag "...-N") is of its parts
-            multipart = "-" in (stored or "") or "-" in head.get("ETag", "")
-            if stored and not multipart and not read_back:
-                return base64.b64decode(stored).hex()
-            h = hashlib.sha256()
-            body = self.s3.get_object(Bucket=self.t.bucket, Key=key)["Body"]
-            for chunk in body.iter_chunks(CHUNK):
-                h.update(chunk)
-            return h.hexdigest()
-
-    def _put(self, local: Path, key: str, sha256: str, size: int) -> None:
-        from botocore.exceptions import ClientError
-
-        with local.open("rb") as f:
-            try:
-                if self.checksums:
-                    self.s3.put_object(Bucket=self.t.bucket, Key=key, Body=f, ContentLength=size,
-                                       ChecksumAlgorithm="SHA256", ChecksumSHA256=_b64(sha256))
-                    return
-            except ClientError as e:
-                code = e.response.get("Error", {}).get("Code")
-                if code == "BadDigest":
-                    raise IntegrityError(f"{self.url}{key}: the store received bytes whose "
-                                         f"sha256 is not {sha256}") from None
-                if code not in _NO_CHECKSUMS:
-                    raise
-                self.checksums = False
-                f.seek(0)
-            self.s3.put_object(Bucket=self.t.bucket, Key=key, Body=f, ContentLength=size)
-
-    def _multipart(self, local: Path, key: str, size: int) -> None:
-        part_size = max(PART_SIZE, -(-size // 10000))
-        extra: dict[str, Any] = {"ChecksumAlgorithm": "SHA256"} if self.checksums else {}
-        up = self.s3.create_multipart_upload(Bucket=self.t.bucket, Key=key, **extra)
-        parts: list[Any] = []
-        try:
-            with local.open("rb") as f:
-                while data := f.read(part_size):
-                    part: dict[str, Any] = {"PartNumber": len(parts) + 1}
-                    if self.checksums:
-                        part["ChecksumSHA256"] = _b64(hashlib.sha256(data).hexdigest())
-                    r = self.s3.upload_part(Bucket=self.t.bucket, Key=key, Body=data,
-                                            UploadId=up["UploadId"], **part)
-                    parts.append({**part, "ETag": r["ETag"]})
-            self.s3.complete_multipart_upload(Bucket=self.t.bucket, Key=key,
-                                              UploadId=up["UploadId"],
-                                              MultipartUpload={"Parts": parts})
-        except BaseException:
-            with suppress(Exception):
-                self.s3.abort_multipart_upload(Bucket=self.t.bucket, Key=key,
-                                               UploadId=up["UploadId"])
-            raise
-
-    def upload(self, local: Path, rel: str, sha256: str, size: int) -> None:
-        key = self._key(rel)
-        multipart = size > MULTIPART_THRESHOLD
-        with self._guard(f"uploading {rel}"):
-            if multipart:
-                self._multipart(local, key, size)
-            else:
-                self._put(local, key, sha256, size)
-        got = self.sha256(rel, read_back=multipart)
-        if got != sha256:
-            raise IntegrityError(f"{self.url}{rel}: after upload its sha256 is {got}, "
-                                 f"not {sha256}")
-
-    def delete_run(self, rel: str) -> None:
-        start = self._key(rel) + "/"
-        with self._guard(f"deleting {rel}"):
-            self.s3.delete_object(Bucket=self.t.bucket, Key=start + MANIFEST)
-            pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.t.bucket,
-                                                                      Prefix=start)
-            for page in pages:
-                keys = [{"Key": o["Key"]} for o in page.get("Contents", []) if "Key" in o]
-                if not keys:
-                    continue
-                r = self.s3.delete_objects(Bucket=self.t.bucket,
-                                           Delete={"Objects": keys, "Quiet": True})  # type: ignore[typeddict-item]
-                if r.get("Errors"):
-                    first = r["Errors"][0]
-                    raise OffsiteError(f"{self.url}{rel}: deleting {first.get('Key')} failed: "
-                                       f"{first.get('Code')}: {first.get('Message')}")
-
-    def close(self) -> None:
-        self.s3.close()

@@ -17,16 +17,16 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from agent.backups import IntegrityError, offsite
+from agent.backups import IntegrityError, offsite, offsite_s3
 from agent.backups.offsite import (
     HostKeyRefused,
-    SftpRemote,
     copy_run,
     list_remote,
     plan_remote,
     prune_remote,
     verify_remote,
 )
+from agent.backups.offsite_sftp import SftpRemote
 from agent.playbook.models.backups import BackupSpec, Offsite
 from tests.harness.collector import free_port
 from tests.harness.sshd import Sshd, keygen
@@ -359,8 +359,8 @@ def test_s3_corruption_is_detected(s3server, bucket, tmp_path):
 
 
 def test_s3_multipart_upload_is_read_back(s3server, bucket, tmp_path, monkeypatch):
-    monkeypatch.setattr(offsite, "MULTIPART_THRESHOLD", 6 << 20)
-    monkeypatch.setattr(offsite, "PART_SIZE", 5 << 20)
+    monkeypatch.setattr(offsite_s3, "MULTIPART_THRESHOLD", 6 << 20)
+    monkeypatch.setattr(offsite_s3, "PART_SIZE", 5 << 20)
     big = os.urandom(12 << 20)
     run = make_run(tmp_path / "dest", T0, {"big.tar.zst": big, "small.zst": b"x" * 10})
     s = spec(tmp_path, s3=s3_target(s3server, bucket, prefix=""))
