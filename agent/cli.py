@@ -78,6 +78,9 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("-v", "--verbose", action="store_true", help="also list ok resources")
         s.add_argument("--host", default=None, help="host name in reports (default: hostname)")
         s.add_argument("--state-dir", default=None, help="agent state (default /var/lib/opsagent)")
+        from agent.cli_fleet import add_fleet_options
+
+        add_fleet_options(s)
         if name == "apply":
             s.add_argument("-C", "--check", action="store_true",
                            help="dry run: show what would change, change nothing")
@@ -118,6 +121,7 @@ def _parser() -> argparse.ArgumentParser:
     add_watch_parsers(sub)
     __import__("agent.cli_backup", fromlist=["add_parsers"]).add_parsers(sub)
     __import__("agent.cli_db", fromlist=["add_parsers"]).add_parsers(sub)
+    __import__("agent.cli_fleet", fromlist=["add_parsers"]).add_parsers(sub)
     _server_parser(sub)
     return p
 
@@ -264,6 +268,13 @@ def _state_dir(arg: str | None) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.inventory:
+        from agent.cli_fleet import cmd_fleet_reconcile
+
+        return cmd_fleet_reconcile(args)
+    for flag in ("limit", "serial", "max_fail_percentage"):
+        if getattr(args, flag) is not None:
+            raise UsageError(f"--{flag.replace('_', '-')} needs -i INVENTORY")
     loaded = _load_all(args.playbooks, parse_extra_vars(args.extra_vars))
     mode: Mode = "check" if getattr(args, "check", False) else args.mode
     host = args.host or socket.gethostname()

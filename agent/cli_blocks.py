@@ -25,7 +25,6 @@ import dataclasses
 import functools
 import getpass
 import json
-import os
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -75,46 +74,15 @@ def _who() -> str:
         return "?"
 
 
-def _allowlist(cfg: Any) -> list[str]:
-    """The allowlists of the playbooks the running agent enforces (status.json) and of those
-    the config names; a playbook that does not load stops the command (its allowlist is
-    unknown, so nothing is blocked)."""
-    from agent.errors import InputError
-    from agent.playbook import expand_paths, load_playbook
-    from agent.service import status as status_file
-
-    paths: list[str] = []
-    doc = status_file.read(cfg.state_dir) or {}
-    paths += [str(p["path"]) for p in doc.get("playbooks") or [] if p.get("path")]
-    if isinstance(cfg.playbooks, list):
-        paths += expand_paths([p for p in cfg.playbooks if os.path.exists(p)])
-    found: list[str] = []
-    for path in dict.fromkeys(p for p in paths if os.path.exists(p)):
-        try:
-            found += load_playbook(path, cfg.vars, schema_check=False).model.allowlist
-        except InputError as e:
-            first = e.diagnostics[0].format() if e.diagnostics else str(e)
-            raise UsageError(f"the allowlist of {path} is unknown, so nothing is blocked "
-                             f"until it loads: {first}") from None
-    return found
-
-
 def _blocker(args: argparse.Namespace) -> Any:
     from agent.cli import _agent_config
-    from agent.firewall import Blocker, Nftables, Protected
-    from agent.firewall.host import host_guard, nft_command
+    from agent.firewall.host import host_blocker
 
-    cfg = _agent_config(args)
-    argv = nft_command(cfg.firewall.nft)
-    if args.blocks_verb != "add":  # list and remove block nothing: no need to look around
-        return Blocker(cfg.state_dir, Nftables(argv), Protected(()))
-    try:
-        protected = host_guard(cfg, argv, _allowlist(cfg))
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    for w in protected.warnings:
+    guarded = args.blocks_verb == "add"  # list and remove block nothing: no need to look around
+    blocker = host_blocker(_agent_config(args), guarded=guarded)
+    for w in blocker.protected.warnings:
         print(f"opsagent: warning: {w}", file=sys.stderr)
-    return Blocker(cfg.state_dir, Nftables(argv), protected)
+    return blocker
 
 
 def _left(seconds: float | None) -> str:

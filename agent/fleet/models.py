@@ -233,6 +233,19 @@ class StepSpec(Spec):
         return self.name or self.action
 
 
+def check_serial(v: int | str | list[int | str] | None) -> Any:
+    """Ansible's serial: host counts (at least 1) and percentages; ValueError otherwise."""
+    items = v if isinstance(v, list) else [] if v is None else [v]
+    for item in items:
+        if isinstance(item, int):
+            if item < 1:
+                raise ValueError("a wave has at least 1 host")
+        elif not re.fullmatch(r"([1-9][0-9]?|100)(\.[0-9]+)?%", item):
+            raise ValueError(f"serial {item!r} is neither a host count nor a percentage "
+                             "(expected e.g. 2 or 10%)")
+    return v
+
+
 class Runbook(Spec):
     """An incident runbook: parameters, then steps run in order on each targeted host."""
 
@@ -264,15 +277,4 @@ class Runbook(Spec):
                 raise ValueError(f"parameter name {name!r} must be an identifier")
         return v
 
-    @field_validator("serial")
-    @classmethod
-    def _serial(cls, v: int | str | list[int | str] | None) -> Any:
-        items = v if isinstance(v, list) else [] if v is None else [v]
-        for item in items:
-            if isinstance(item, int):
-                if item < 1:
-                    raise ValueError("a wave has at least 1 host")
-            elif not re.fullmatch(r"([1-9][0-9]?|100)(\.[0-9]+)?%", item):
-                raise ValueError(f"serial {item!r} is neither a host count nor a percentage "
-                                 "(expected e.g. 2 or 10%)")
-        return v
+    _serial = field_validator("serial")(lambda v: check_serial(v))
