@@ -58,7 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"opsagent {__version__}")
     sub = p.add_subparsers(dest="verb", metavar="COMMAND")
 
-    v = sub.add_parser("validate", help="check playbooks and inventories; change nothing")
+    v = sub.add_parser("validate", help="check playbooks, runbooks and inventories; change "
+                       "nothing")
     v.add_argument("paths", nargs="*", metavar="PATH", help="playbook files or directories; "
                    "an inventory among them is told by its content (agent.inventory)")
     v.add_argument("-i", "--inventory", action="append", default=[], metavar="FILE",
@@ -228,12 +229,21 @@ def cmd_validate(args: argparse.Namespace) -> int:
     files = _expand(args.paths)
     inventories = [*args.inventory, *(f for f in files if is_inventory_file(f))]
     files = [f for f in files if f not in inventories]
-    if not files and not inventories:
+    from agent.fleet.runbook import is_runbook_file, load_runbook
+
+    runbooks = [f for f in files if is_runbook_file(f)]
+    files = [f for f in files if f not in runbooks]
+    if not files and not inventories and not runbooks:
         raise UsageError("no playbooks found under " + ", ".join(args.paths or ["(nothing)"]))
     errors = []
     for path in inventories:
         try:
             load_inventory(path, schema_check=True)
+        except InputError as e:
+            errors.extend(e.diagnostics)
+    for path in runbooks:
+        try:
+            load_runbook(path)
         except InputError as e:
             errors.extend(e.diagnostics)
     try:
@@ -250,7 +260,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print("[]")
     else:
         counts = [f"{n} {one if n == 1 else many}" for n, one, many in (
-            (len(files), "playbook", "playbooks"), (len(inventories), "inventory", "inventories"))
+            (len(files), "playbook", "playbooks"), (len(runbooks), "runbook", "runbooks"),
+            (len(inventories), "inventory", "inventories"))
             if n]
         print(" and ".join(counts) + " valid")
     return EXIT_OK

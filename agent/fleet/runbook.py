@@ -302,3 +302,13 @@ class _Errors:
 
     def errors(self, include_url: bool = False) -> list[dict[str, Any]]:
         return self._errors
+
+
+def is_runbook_file(path: str) -> bool:
+    """Whether ``opsagent validate PATH`` should read path as a runbook (it has steps:)."""
+    from agent.playbook.loader import load
+
+    try:
+        return is_runbook_data(load(path).data)
+    except InputError:
+        return False  # the playbook loader reports the same problem

@@ -26,6 +26,7 @@ def generate() -> dict[str, dict[str, Any]]:
     """Every schema opsagent publishes, by file name."""
     from pydantic import TypeAdapter
 
+    from agent.fleet.models import Runbook
     from agent.inventory.yaml_format import InventoryFile
     from agent.playbook.models import Playbook
     from agent.report.document import REPORT
@@ -35,7 +36,8 @@ def generate() -> dict[str, dict[str, Any]]:
     for fname, model, title in (("playbook.schema.json", Playbook, "opsagent playbook"),
                                 ("report.schema.json", REPORT, "opsagent report"),
                                 ("agent.schema.json", AgentConfig, "opsagent agent config"),
-                                ("inventory.schema.json", InventoryFile, "opsagent inventory")):
+                                ("inventory.schema.json", InventoryFile, "opsagent inventory"),
+                                ("runbook.schema.json", Runbook, "opsagent runbook")):
         schema = (model.json_schema(by_alias=True) if isinstance(model, TypeAdapter)
                   else model.model_json_schema(by_alias=True))
         schema = {"$schema": "https://json-schema.org/draft/2020-12/schema",
