@@ -28,6 +28,7 @@ from agent.providers import _budget
 from agent.providers import _docker_client as dc
 from agent.providers import _docker_config as cfg
 from agent.providers._budget import Verdict
+from agent.providers._docker_history import record_replaced
 from agent.providers.base import RESTART, Outcome, ProviderContext
 from agent.providers.containers import (
     RUNNING_STATES,
@@ -88,6 +89,8 @@ class _Steps:
             o = self.observe()
         drift = cfg.drifted(spec, o.attrs, o.image) if o.attrs is not None else []
         if drift:
+            if o.attrs is not None and any(d[0] == "image" for d in drift):
+                record_replaced(self.ctx.state_dir, spec.name, o.attrs)  # for rollbacks
             what = ", ".join(d[0] for d in drift)
             self.act("remove", lambda: self.api.remove_container(spec.name, force=True),
                      f"removed {spec.name} to recreate it ({what} changed)")
@@ -254,36 +257,40 @@ class _Steps:
         self.done.append(Outcome("load", True, f"loaded {spec.image} from {path}"))
 
     def failure(self, what: str) -> str:
-        """`what`, then the container's state, health and last log lines."""
-        import docker.errors
-
-        name = self.spec.name
-        try:
-            attrs = self.api.inspect_container(name)
-        except docker.errors.NotFound:
-            return f"{what}; the container does not exist"
-        except Exception:  # the details are a courtesy; the failure is what matters
-            return what
-        st = attrs["State"]
-        text = f"{what}; {name} is {st.get('Status')}"
-        if st.get("Status") in ("exited", "dead", "created", "restarting"):
-            error = st.get("Error") or ""
-            text += f" (exit code {st.get('ExitCode')}"
-            text += f", error: {error})" if error and error not in what else ")"
-        if st.get("Health"):
-            text += f", health {st['Health'].get('Status')} ({last_probe(attrs)})"
-        return text + self.logs()
-
-    def logs(self) -> str:
-        try:
-            raw = self.api.logs(self.spec.name, tail=LOG_LINES)
-        except Exception:  # as above: never hide the failure behind a second one
-            return ""
-        lines = raw.decode(errors="replace").rstrip().splitlines()
-        if not lines:
-            return "; no log output"
-        return f"\nlast {len(lines)} log lines of {self.spec.name}:\n" + "\n".join(
-            f"  {ln}" for ln in lines)
+        return describe_failure(self.api, self.spec.name, what)
 
     def fail(self, action: str, message: str) -> NoReturn:
         raise _Failed(Outcome(action, False, message))
+
+
+def describe_failure(api: Any, name: str, what: str) -> str:
+    """`what`, then the container's state, health and last log lines."""
+    import docker.errors
+
+    try:
+        attrs = api.inspect_container(name)
+    except docker.errors.NotFound:
+        return f"{what}; the container does not exist"
+    except Exception:  # the details are a courtesy; the failure is what matters
+        return what
+    st = attrs["State"]
+    text = f"{what}; {name} is {st.get('Status')}"
+    if st.get("Status") in ("exited", "dead", "created", "restarting"):
+        error = st.get("Error") or ""
+        text += f" (exit code {st.get('ExitCode')}"
+        text += f", error: {error})" if error and error not in what else ")"
+    if st.get("Health"):
+        text += f", health {st['Health'].get('Status')} ({last_probe(attrs)})"
+    return text + _logs(api, name)
+
+
+def _logs(api: Any, name: str) -> str:
+    try:
+        raw = api.logs(name, tail=LOG_LINES)
+    except Exception:  # as above: never hide the failure behind a second one
+        return ""
+    lines = raw.decode(errors="replace").rstrip().splitlines()
+    if not lines:
+        return "; no log output"
+    return f"\nlast {len(lines)} log lines of {name}:\n" + "\n".join(
+        f"  {ln}" for ln in lines)

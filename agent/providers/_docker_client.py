@@ -10,8 +10,8 @@ The SDK is imported here, inside functions, so playbooks without containers neve
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 from agent.errors import ProviderError
 from agent.providers.base import ProviderContext
@@ -19,6 +19,7 @@ from agent.providers.base import ProviderContext
 CLIENT_TIMEOUT = 10  # seconds; every API call (connect, each read) is bounded by it
 _CLIENT = "docker"
 _DOWN = "docker-down"
+T = TypeVar("T")
 
 
 def client(ctx: ProviderContext) -> Any:
@@ -113,3 +114,15 @@ def long_client(ctx: ProviderContext, timeout: float) -> Any:
     with translated(ctx, "connecting to the Docker Engine"):
         return docker.from_env(timeout=max(int(timeout), CLIENT_TIMEOUT),
                                version=base.api.api_version)
+
+
+def call(state_dir: str, what: str, fn: Callable[[Any], T]) -> T:
+    """fn(client) outside a provider run (a runbook step): a client of its own, closed after;
+    the SDK's errors raised inside become a ProviderError about `what`."""
+    ctx = ProviderContext(host="", variables={}, base_dir="/", state_dir=state_dir)
+    c = client(ctx)
+    try:
+        with translated(ctx, what):
+            return fn(c)
+    finally:
+        c.close()
