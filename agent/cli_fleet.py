@@ -186,7 +186,7 @@ def cmd_remediate(args: argparse.Namespace) -> int:
         "status": "running", "hosts": [],
         "steps": [{"index": i, "name": s.title, "action": s.action}
                   for i, s in enumerate(steps0)],
-        "outcomes": [], "timeline": [], "followups": list(rb.model.followups)}
+        "outcomes": [], "timeline": [], "followups": _followups(rb, params)}
     run = FleetRun(hosts)
     doc["started_at"] = run.event(f"started by {doc['by']}: {rb.name}"
                                   f"{' (dry run)' if args.check else ''} on "
@@ -259,6 +259,20 @@ def cmd_remediate(args: argparse.Namespace) -> int:
     if interrupted:
         return 130
     return EXIT_FAILED if failed or run.aborted else EXIT_OK
+
+
+def _followups(rb: Any, params: dict[str, Any]) -> list[str]:
+    """The runbook's follow-ups with the run's parameters filled in."""
+    from agent.playbook.templating import has_template, render
+
+    out = []
+    for text in rb.model.followups:
+        try:
+            out.append(str(render(text, {**rb.model.vars, **params})) if has_template(text)
+                       else text)
+        except Exception:  # a follow-up naming a host variable: kept as written
+            out.append(text)
+    return out
 
 
 def _asker(args: argparse.Namespace, run: Any) -> Any:

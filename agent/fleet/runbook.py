@@ -279,18 +279,66 @@ def bind(rb: LoadedRunbook, params: Mapping[str, Any], host: str,
     doc = Document(rb.doc.file, {"steps": data}, rb.doc.value_marks, rb.doc.key_marks)
     errors = render_document(doc, variables(rb, params, host, host_vars))
     steps: list[StepSpec] = []
-    if not errors:
-        for i, raw in enumerate(data):
+    unrendered = {int(m[1]) for d in errors if (m := re.match(r"steps\[(\d+)\]", d.path))}
+    for i, raw in enumerate(data):
+        if i not in unrendered:
             try:
-                steps.append(StepSpec.model_validate(raw))
+                steps.append(_validate_rendered(raw))
             except ValidationError as e:
                 errors.extend(pydantic_diagnostics(doc, _Errors(
                     [{**err, "loc": ("steps", i, *err["loc"])}
                      for err in e.errors(include_url=False)])))
+    errors.sort(key=lambda d: (d.line, d.col))
     if errors:
         raise InputError([Diagnostic(d.file, d.line, d.col, d.path,
                                      f"on {host}: {d.message}", d.expected) for d in errors])
     return steps
+
+
+_AS_TEXT = ("string_type",)
+_AS_NUMBER = ("int_type", "float_type")
+
+
+def _validate_rendered(raw: dict[str, Any]) -> StepSpec:
+    """StepSpec of a rendered step. A template's value takes the type of its field: a
+    number rendered into text (an argv word) becomes text, a whole number's text a number;
+    anything else stays an error."""
+    from pydantic import ValidationError
+
+    for _ in range(8):
+        try:
+            return StepSpec.model_validate(raw)
+        except ValidationError as e:
+            fixed = False
+            for err in e.errors(include_url=False):
+                loc, value = err["loc"], err["input"]
+                if err["type"] in _AS_TEXT and isinstance(value, int | float) \
+                        and not isinstance(value, bool):
+                    fixed |= _put(raw, loc, str(value))
+                elif err["type"] in _AS_NUMBER and isinstance(value, str):
+                    try:
+                        number: int | float = (int(value) if err["type"] == "int_type"
+                                               else float(value))
+                    except ValueError:
+                        continue
+                    fixed |= _put(raw, loc, number)
+            if not fixed:
+                raise
+    return StepSpec.model_validate(raw)
+
+
+def _put(data: Any, loc: tuple[Any, ...], value: Any) -> bool:
+    node = data
+    for part in loc[:-1]:
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            return False
+    try:
+        node[loc[-1]] = value
+    except (KeyError, IndexError, TypeError):
+        return False
+    return True
 
 
 class _Errors:

@@ -39,8 +39,13 @@ def render(text: str, variables: Mapping[str, Any]) -> Any:
     env = environment()
     m = _SINGLE_EXPR.match(text)
     if m:
-        return env.compile_expression(m.group("expr").strip(), undefined_to_none=False)(
+        value = env.compile_expression(m.group("expr").strip(), undefined_to_none=False)(
             **variables)
+        from jinja2 import Undefined
+
+        if isinstance(value, Undefined):
+            str(value)  # StrictUndefined: raises UndefinedError naming the variable
+        return value
     return env.from_string(text).render(**variables)
 
 
