@@ -19,6 +19,7 @@ with these exceptions:
 from __future__ import annotations
 
 import copy
+import re
 import time
 from typing import Any
 
@@ -26,6 +27,7 @@ STOP_TIMEOUT = 10  # Docker's own default, when the container sets none
 SETTLE = 0.5       # a container without a healthcheck must still run this long
 _POLL = 0.2
 _BUILTIN_NETWORKS = ("default", "bridge", "host", "none")
+_ANONYMOUS = re.compile(r"[0-9a-f]{64}")  # a volume Docker named itself
 
 
 def image_name(api: Any, image_id: str, ref: str) -> str:
@@ -88,7 +90,9 @@ def clone_body(attrs: dict[str, Any], name: str, image: str, *,
         config["Labels"] = labels
     config["Image"] = image
     host["Links"] = [_link(x) for x in host.get("Links") or []] or None
-    if not replica:
+    if replica:
+        _fresh_anonymous_volumes(host)
+    else:
         host["Mounts"] = (host.get("Mounts") or []) + _anonymous_volumes(attrs, host)
     endpoints = _endpoints(attrs, name, replica)
     mode = str(host.get("NetworkMode") or "default")
@@ -132,6 +136,23 @@ def _anonymous_volumes(attrs: dict[str, Any], host: dict[str, Any]) -> list[dict
              "ReadOnly": not m.get("RW", True)}
             for m in attrs.get("Mounts") or []
             if m.get("Type") == "volume" and m.get("Name") and m["Destination"] not in taken]
+
+
+def _fresh_anonymous_volumes(host: dict[str, Any]) -> None:
+    """A replica gets anonymous volumes of its own: a mount of one that Docker named (64 hex
+    digits: compose hands them on this way when it re-creates) becomes a fresh one."""
+    binds, mounts = [], list(host.get("Mounts") or [])
+    for bind in host.get("Binds") or []:
+        source, _, rest = str(bind).partition(":")
+        if _ANONYMOUS.fullmatch(source):
+            target, _, mode = rest.partition(":")
+            mounts.append({"Type": "volume", "Target": target, "ReadOnly": "ro" in mode})
+        else:
+            binds.append(bind)
+    for m in mounts:
+        if m.get("Type") == "volume" and _ANONYMOUS.fullmatch(str(m.get("Source") or "")):
+            m.pop("Source")
+    host["Binds"], host["Mounts"] = binds or None, mounts or None
 
 
 def _endpoints(attrs: dict[str, Any], name: str, replica: bool) -> dict[str, dict[str, Any]]:
