@@ -2,16 +2,21 @@
 
 The root filesystem comes from `debootstrap --variant=minbase` (about a minute), cached as a
 tarball outside the repository (OPSAGENT_TEST_CACHE, default /var/cache/opsagent-test) and
-imported once per machine. The checkout is bind-mounted read-only at its own path, so the
-agent runs inside from the checkout's .venv (Debian's python3 on both sides).
+imported once per machine. The tarball's file name and the image tag carry a short hash of
+the package list, so adding a package builds a new root filesystem instead of reusing one
+without it. The checkout is bind-mounted read-only at its own path, so the agent runs inside
+from the checkout's .venv (Debian's python3 on both sides).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import os
 import shutil
 import subprocess
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -19,9 +24,13 @@ from typing import Any
 
 from tests.harness.docker import HarnessError
 
-IMAGE = "opsagent-testhost:bookworm"
-PACKAGES = "systemd,systemd-sysv,dbus,openssh-server,python3"
+# nftables: the firewall steps of fleet runs; sudo: logins as a user other than root.
+PACKAGES = "systemd,systemd-sysv,dbus,openssh-server,python3,nftables,sudo"
 MIRROR = "http://deb.debian.org/debian"
+_KEY = hashlib.sha256(f"bookworm {MIRROR} {PACKAGES}".encode()).hexdigest()[:8]
+IMAGE = f"opsagent-testhost:bookworm-{_KEY}"
+TARBALL = f"bookworm-systemd-{_KEY}.tar"
+_image_lock = threading.Lock()  # threads of one process; the flock below covers processes
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -54,22 +63,33 @@ def build_rootfs_tarball(tarball: str) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def ensure_testhost_image(client: Any) -> str:
+def _has_image(client: Any) -> bool:
     import docker.errors
 
     try:
         client.images.get(IMAGE)
-        return IMAGE
+        return True
     except docker.errors.ImageNotFound:
-        pass
+        return False
+
+
+def ensure_testhost_image(client: Any) -> str:
+    """The test host image, built (debootstrap) and imported once per machine; callers in
+    several threads or processes at once wait for the one that builds it."""
+    if _has_image(client):
+        return IMAGE
     os.makedirs(cache_dir(), exist_ok=True)
-    tarball = os.path.join(cache_dir(), "bookworm-systemd.tar")
-    if not os.path.exists(tarball):
-        build_rootfs_tarball(tarball)
-    repo, _, tag = IMAGE.partition(":")
-    with open(tarball, "rb") as fh:
-        client.api.import_image_from_data(fh, repository=repo, tag=tag)
-    client.images.get(IMAGE)
+    with _image_lock, open(os.path.join(cache_dir(), f"{TARBALL}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _has_image(client):
+            return IMAGE
+        tarball = os.path.join(cache_dir(), TARBALL)
+        if not os.path.exists(tarball):
+            build_rootfs_tarball(tarball)
+        repo, _, tag = IMAGE.partition(":")
+        with open(tarball, "rb") as fh:
+            client.api.import_image_from_data(fh, repository=repo, tag=tag)
+        client.images.get(IMAGE)
     return IMAGE
 
 
@@ -90,11 +110,15 @@ class TestHost:
         self.container: Any = None
 
     def start(self, ready_timeout: float = 90.0,
-              volumes: dict[str, dict[str, str]] | None = None) -> TestHost:
-        """Boot the host; `volumes` adds bind mounts (e.g. the Docker socket)."""
+              volumes: dict[str, dict[str, str]] | None = None,
+              cap_add: list[str] | None = None) -> TestHost:
+        """Boot the host; `volumes` adds bind mounts (e.g. the Docker socket), `cap_add`
+        capabilities besides SYS_ADMIN (NET_ADMIN: nft in the container's own network
+        namespace)."""
+        caps = ["SYS_ADMIN", *(c for c in cap_add or () if c != "SYS_ADMIN")]
         self.container = self.client.containers.run(
             ensure_testhost_image(self.client), ["/sbin/init"], detach=True, name=self.name,
-            hostname=self.name, cap_add=["SYS_ADMIN"], security_opt=["seccomp=unconfined"],
+            hostname=self.name, cap_add=caps, security_opt=["seccomp=unconfined"],
             cgroupns="host", tmpfs={"/run": "", "/run/lock": ""},
             volumes={"/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "rw"},
                      REPO: {"bind": REPO, "mode": "ro"}, **(volumes or {})},
