@@ -216,7 +216,8 @@ def cmd_remediate(args: argparse.Namespace) -> int:
             h.undo_log = got["undo_log"]
             h.stopped = bool(got["stopped"])
             h.status = host_status(h.outcomes)
-            bad = [o for o in h.outcomes if o["status"] in ("failed", "rolled-back")]
+            bad = [o for o in h.outcomes
+                   if o["status"] in ("failed", "rolled-back") and not o.get("ignored")]
             h.message = bad[0]["message"] if bad else ""
 
         return request, absorb
@@ -301,15 +302,17 @@ def render_recap(doc: dict[str, Any]) -> str:
     names = {s["index"]: s["name"] for s in doc["steps"]}
     width = max([len(h["name"]) for h in doc["hosts"]] + [4])
     for o in doc["outcomes"]:
+        status = "ignored" if o.get("ignored") else o["status"]
         lines.append(f"{o['host']:<{width}}  [{o['step'] + 1}] {names.get(o['step'], '?'):<24.24}"
-                     f"  {o['status']:<12} {o['message']}")
+                     f"  {status:<12} {o['message']}")
     lines.append("")
     lines.append("RECAP")
     for h in doc["hosts"]:
         counts: dict[str, int] = {}
         for o in doc["outcomes"]:
             if o["host"] == h["name"]:
-                counts[o["status"]] = counts.get(o["status"], 0) + 1
+                status = "ignored" if o.get("ignored") else o["status"]
+                counts[status] = counts.get(status, 0) + 1
         tally = "  ".join(f"{k}={v}" for k, v in sorted(counts.items()))
         why = f"  {h['message']}" if h["status"] in ("unreachable", "skipped") else ""
         lines.append(f"{h['name']:<{width}}  {h['status']:<12} {tally}{why}".rstrip())
@@ -382,7 +385,7 @@ def cmd_fleet_reconcile(args: argparse.Namespace) -> int:
     for hs in hosts:  # every template with every host's variables, before anything runs
         for n in wanted[hs.name]:
             try:
-                load_playbook(loaded[n].path, {**hs.vars, **extra}, schema_check=False)
+                load_playbook(loaded[n].path, _host_vars(hs, extra), schema_check=False)
             except InputError as e:
                 errors.extend(e.diagnostics)
     if errors:
@@ -391,7 +394,7 @@ def cmd_fleet_reconcile(args: argparse.Namespace) -> int:
                for pb in loaded]
 
     def request(h: Any) -> dict[str, Any]:
-        return {"op": mode, "host": h.name, "extra_vars": {**h.vars, **extra},
+        return {"op": mode, "host": h.name, "extra_vars": _host_vars(h, extra),
                 "playbooks": [shipped[n] for n in wanted[h.name]],
                 "state_dir": h.vars.get("opsagent_state_dir")}
 
@@ -426,6 +429,12 @@ def cmd_fleet_reconcile(args: argparse.Namespace) -> int:
     if any(h.status == "would-change" for h in hosts):
         return EXIT_DRIFT
     return EXIT_OK
+
+
+def _host_vars(h: Any, extra: dict[str, Any]) -> dict[str, Any]:
+    """What a playbook's templates see on one host: its inventory variables and its
+    inventory name, under the command line's -e (Ansible's order)."""
+    return {**h.vars, "inventory_hostname": h.name, **extra}
 
 
 def _reconcile_recap(hosts: list[Any], verbose: bool) -> str:

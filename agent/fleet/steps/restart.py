@@ -30,7 +30,8 @@ def _service(name: str, ctx: StepContext) -> StepResult:
     from agent.providers.base import RESTART, Change
 
     pctx = _provider_context(ctx)
-    spec = ServiceSpec(name=name, state="running", timeout=ctx.remaining(120))
+    spec = ServiceSpec.model_validate({"name": name, "state": "running",
+                                      "timeout": f"{max(1, int(ctx.remaining(120)))}s"})
     try:
         before = services.observe(spec, pctx)
         if before.status.load_state == "not-found":
