@@ -32,11 +32,15 @@ remote_cpu is the CPU the N hosts' cgroups used during the run (sshd, the remote
 either tool, systemctl, nft), read from cgroup v2 cpu.stat around the timed call.
 
 Verified after every run, warm-ups included (or the script prints no figure and exits 1):
-exit code 0; on every host demo.service is active with a new ActiveEnterTimestamp and MainPID,
-203.0.113.7 is in blocked4 with a timeout of 1h and a fresh expiry (the element is deleted
-before each run), table inet opsagent has exactly the four sets and two chains of
-agent.firewall.nft (no rule duplicated by a repeat), and /tmp/bench-marker exists (removed
-before each run); Ansible's recap says ok=5 changed=3 failed=0 unreachable=0 for every host.
+exit code 0; the tool's recap for every host (opsagent: `changed changed=3 ok=2`; Ansible:
+ok=5 changed=3 unreachable=0 failed=0); and on every host: demo.service active with a new
+ActiveEnterTimestamp and MainPID, 203.0.113.7 in blocked4 with a 1h timeout and a fresh
+expiry (the element is deleted before each run), table inet opsagent holding exactly the four
+sets and two chains of agent.firewall.nft (no rule duplicated by a repeat), /tmp/bench-marker
+present (removed before each run).
+
+After opsagent's runs, untimed diagnostics say where its time goes (`# phases:` lines on
+stderr, see opsagent_phases; --no-phases skips them).
 
 Prints `RESULT scenario=fleet-runbook tool=T metric=M value=V unit=U min= max= ...` lines
 and ratios of medians (opsagent over each Ansible figure).
@@ -245,9 +249,30 @@ def commands(tool: str, fleet, forks: int) -> tuple[list[str], dict[str, str]]:
              os.path.join(HERE, "fleet", "playbook.yml")], env)
 
 
+def opsagent_recap(text: str) -> dict[str, dict[str, str]]:
+    """RECAP lines (`th1   changed      changed=3  ok=2`): host -> {status, counts...}."""
+    found: dict[str, dict[str, str]] = {}
+    if "\nRECAP\n" not in text:
+        return found
+    for line in text.split("\nRECAP\n", 1)[1].splitlines():
+        words = line.split()
+        if len(words) < 2 or "=" in words[0] or "=" in words[1]:
+            continue
+        found[words[0]] = {"status": words[1],
+                           **dict(w.split("=", 1) for w in words[2:] if "=" in w)}
+    return found
+
+
 def verify_log(tool: str, text: str, names: list[str]) -> None:
     if tool == "opsagent":
-        return  # its exit code (0: every step ok on every host) and the hosts' state
+        recap = opsagent_recap(text)
+        bad = {n: recap.get(n) for n in names
+               if (r := recap.get(n)) is None or r["status"] != "changed"
+               or r.get("changed") != "3" or r.get("ok") != "2"
+               or r.get("failed", "0") != "0"}
+        if bad:
+            raise VerifyError(f"opsagent: RECAP is not `changed changed=3 ok=2` on {bad}")
+        return
     recaps = {m[1]: tuple(int(x) for x in m.groups()[1:]) for m in RECAP.finditer(text)}
     want = (5, 3, 0, 0)  # ok, changed, unreachable, failed
     bad = {n: recaps.get(n) for n in names if recaps.get(n) != want}
@@ -327,6 +352,58 @@ def run_tool(tool: str, fleet, args, scratch: str, pool, cpu_files: list[str]) -
     return runs
 
 
+# ---------------------------------------------------------------- where opsagent's time goes
+def _spread(vals: list[float]) -> str:
+    return f"median {statistics.median(vals):.3f} s (min {min(vals):.3f}, max {max(vals):.3f})"
+
+
+def opsagent_phases(fleet, pool) -> None:
+    """Untimed diagnostics (`# phases:` notes, no RESULT): the parts of a run measured apart.
+    ssh: agent.fleet.ssh.Connection.open to every host at once (TCP, handshake, host key
+    check, login) and one `opsagent --version` over it (the remote interpreter's start);
+    local: the runbook run on a host by its own agent (`opsagent remediate`, no -i) through
+    docker exec, on one host alone and then on every host at once."""
+    from agent.fleet.ssh import Connection, SSHOptions
+    from agent.inventory import load_inventory
+
+    inv = load_inventory(str(fleet.inventory))
+    options = SSHOptions(known_hosts=[str(fleet.known_hosts)])
+
+    def ssh_parts(host) -> tuple[float, float]:
+        t0 = time.monotonic()
+        conn = Connection.open(host, options)
+        t1 = time.monotonic()
+        try:
+            r = conn.run([fleet.opsagent_path, "--version"], timeout=60)
+        finally:
+            conn.close()
+        if r.exit_code != 0:
+            raise VerifyError(f"{host.name}: opsagent --version over SSH exited {r.exit_code}")
+        return t1 - t0, time.monotonic() - t1
+
+    parts = list(pool.map(ssh_parts, inv.hosts.values()))
+    note(f"phases: ssh connect+login, {len(parts)} hosts at once: "
+         f"{_spread([c for c, _ in parts])}")
+    note(f"phases: `opsagent --version` over SSH, {len(parts)} hosts at once: "
+         f"{_spread([v for _, v in parts])}")
+    one = ssh_parts(next(iter(inv.hosts.values())))
+    note(f"phases: one host alone: connect+login {one[0]:.3f} s, --version {one[1]:.3f} s")
+    runbook = os.path.join(HERE, "fleet", "runbook.yaml")
+
+    def local_run(fh) -> float:
+        t0 = time.monotonic()
+        r = fh.exec([fleet.opsagent_path, "remediate", runbook, "--yes"], timeout=300)
+        if r.exit_code != 0:
+            raise VerifyError(f"{fh.name}: local opsagent remediate exited {r.exit_code}: "
+                              f"{r.output[-2000:]}")
+        return time.monotonic() - t0
+
+    alone = local_run(fleet.hosts[0])
+    note(f"phases: the runbook run locally on one host (docker exec, no SSH): {alone:.3f} s")
+    together = list(pool.map(local_run, fleet.hosts))
+    note(f"phases: the same on {len(together)} hosts at once: {_spread(together)}")
+
+
 # ---------------------------------------------------------------- report
 def report(results: dict[str, list[dict]], args) -> None:
     units = {"wall": "s", "cpu": "s", "peak": "MiB", "remote_cpu": "s"}
@@ -358,6 +435,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--tools", default=",".join(TOOLS))
     ap.add_argument("--only", choices=("opsagent", "ansible"),
                     help="one side: opsagent, or ansible (stock and pipelining)")
+    ap.add_argument("--no-phases", dest="phases", action="store_false",
+                    help="skip the untimed diagnostics of opsagent's parts (ssh, local run)")
     a = ap.parse_args()
     a.tools = ([t for t in TOOLS if t.startswith(a.only)] if a.only
                else [t for t in a.tools.split(",") if t])
@@ -369,14 +448,15 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
+    venv_python = os.path.join(REPO, ".venv", "bin", "python")
+    if os.path.exists(venv_python) and sys.prefix != os.path.join(REPO, ".venv"):
+        # the harness and the diagnostics need docker and paramiko: the project's venv
+        os.execv(venv_python, [venv_python, os.path.abspath(__file__), *sys.argv[1:]])
     try:
-        import docker  # noqa: F401 - the harness needs it; the project's venv has it
+        import docker  # noqa: F401
+        import paramiko  # noqa: F401
     except ImportError:
-        venv_python = os.path.join(REPO, ".venv", "bin", "python")
-        if os.path.exists(venv_python) and os.path.realpath(sys.executable) != \
-                os.path.realpath(venv_python):
-            os.execv(venv_python, [venv_python, os.path.abspath(__file__), *sys.argv[1:]])
-        sys.exit("the docker package is missing: run with <repo>/.venv/bin/python")
+        sys.exit("docker or paramiko is missing: run with <repo>/.venv/bin/python")
     for path in (os.path.join(PEERS_DIR, "wholeproc.py"),
                  *([os.path.join(PEERS_VENV, "bin", "ansible-playbook")]
                    if any(t.startswith("ansible") for t in args.tools) else [])):
@@ -400,6 +480,8 @@ def main() -> int:
         with ThreadPoolExecutor(max_workers=args.hosts) as pool:
             for tool in args.tools:
                 results[tool] = run_tool(tool, fleet, args, scratch, pool, cpu_files)
+                if tool == "opsagent" and args.phases:
+                    opsagent_phases(fleet, pool)
     except VerifyError as e:
         print(f"fleet-runbook verify: {e}", file=sys.stderr)
         return 1
