@@ -219,3 +219,19 @@ def test_an_image_that_does_not_start_puts_the_old_container_back(docker_client,
     assert c.status == "running" and c.name == name
     assert [x.id for x in docker_client.containers.list(
         all=True, filters={"name": env["prefix"]})] == [c.id]
+
+
+def test_a_later_failure_under_on_failure_rollback_rolls_it_forward(docker_client, env, tmp_path):
+    from agent.fleet.execute import run_steps
+    from agent.fleet.models import StepSpec
+
+    v1 = env["build"]("1", "1")
+    v2 = env["build"]("2", "2")
+    name = f"{env['prefix']}-deploy"
+    docker_client.containers.run(f"{env['repo']}:2", name=name, detach=True)
+    steps = [StepSpec.model_validate({"rollback": {"container": name, "to": f"{env['repo']}:1"}}),
+             StepSpec.model_validate({"run": {"argv": ["false"]}})]
+    ran = run_steps(steps, range(2), ctx_of(tmp_path), "rollback")
+    assert [o["status"] for o in ran.outcomes] == ["changed", "failed", "rolled-back"]
+    assert inspect(docker_client, name)["Image"] == v2 and v1 != v2
+    assert inspect(docker_client, name)["State"]["Running"]

@@ -15,6 +15,7 @@ image it ran before, and ``undo`` rolls forward to it the same way.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from dataclasses import dataclass
 from typing import Any
@@ -169,24 +170,34 @@ def _switch(api: Any, attrs: dict[str, Any], image: str, ctx: StepContext) -> st
     api.rename(old_id, f"{name}-rollback-{old_id[:12]}")
     new_id: str | None = None
     try:
-        new_id = create_clone(api, attrs, name, image, old_image=old_image)
-        api.start(new_id)
-        error = wait_up(api, name, ctx.remaining(WAIT_S))
-    except docker.errors.APIError as e:
-        from agent.providers._docker_client import api_message
+        try:
+            new_id = create_clone(api, attrs, name, image, old_image=old_image)
+            api.start(new_id)
+            error = wait_up(api, name, ctx.remaining(WAIT_S))
+        except docker.errors.APIError as e:
+            from agent.providers._docker_client import api_message
 
-        error = f"re-creating {name} on {image} failed: {api_message(e)}"
+            error = f"re-creating {name} on {image} failed: {api_message(e)}"
+    except BaseException:  # the daemon went away mid-way: put back what can be put back
+        with contextlib.suppress(Exception):
+            _put_back(api, old_id, new_id, name, was_running)
+        raise
     if error is None:
         record_replaced(ctx.state_dir, name, attrs)
         api.remove_container(old_id, force=True)  # its volumes stay: the new one uses them
         return None
+    _put_back(api, old_id, new_id, name, was_running)
+    back = "running again" if was_running else "back as it was"
+    return f"{error}\n{name} is {back} on {attrs['Config'].get('Image')}"
+
+
+def _put_back(api: Any, old_id: str, new_id: str | None, name: str, was_running: bool
+              ) -> None:
     if new_id is not None:
         api.remove_container(new_id, force=True)
     api.rename(old_id, name)
     if was_running:
         api.start(old_id)
-    back = "running again" if was_running else "back as it was"
-    return f"{error}\n{name} is {back} on {attrs['Config'].get('Image')}"
 
 
 def _managed_note(attrs: dict[str, Any]) -> str:
