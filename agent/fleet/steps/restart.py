@@ -3,7 +3,6 @@ until it is up again. A runbook's restart is an operator's: it spends no restart
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from agent.fleet.models import RestartStep
@@ -50,6 +49,7 @@ def _service(name: str, ctx: StepContext) -> StepResult:
 def _container(name: str, ctx: StepContext) -> StepResult:
     from agent.errors import ProviderError
     from agent.providers import _docker_client
+    from agent.providers._docker_clone import wait_up
 
     pctx = _provider_context(ctx)
     try:
@@ -64,26 +64,11 @@ def _container(name: str, ctx: StepContext) -> StepResult:
             if ctx.check:
                 return StepResult("would-change", f"would restart container {name} (now "
                                   f"{c.status})")
-            started = c.attrs.get("State", {}).get("StartedAt")
             c.restart(timeout=int(min(10, ctx.remaining(10))))
-            return _wait_up(c, started, ctx)
+            why = wait_up(client.api, name, ctx.remaining(60))
+            if why is not None:
+                return StepResult("failed", f"restarted container {name}, but {why}")
+            return StepResult("changed", f"restarted container {name}: running")
     except ProviderError as e:
         return StepResult("failed", str(e))
 
-
-def _wait_up(c: Any, started_before: str | None, ctx: StepContext) -> StepResult:
-    """Running (and healthy, when it has a health check) within the step's time."""
-    deadline = time.monotonic() + ctx.remaining(60)
-    state: dict[str, Any] = {}
-    while True:
-        c.reload()
-        state = c.attrs.get("State", {})
-        health = (state.get("Health") or {}).get("Status")
-        if (state.get("Running") and state.get("StartedAt") != started_before
-                and health in (None, "healthy")):
-            what = f"running{', healthy' if health else ''}"
-            return StepResult("changed", f"restarted container {c.name}: {what}")
-        if time.monotonic() >= deadline:
-            return StepResult("failed", f"container {c.name} is {state.get('Status')}"
-                              f"{f' ({health})' if health else ''} after its restart")
-        time.sleep(0.2)
