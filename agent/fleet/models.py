@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -191,9 +191,12 @@ class SnapshotStep(Spec):
 
     sockets: bool = True
     processes: bool = True
-    units: list[str] = Field(default_factory=list, description="Journal tails of these units.")
-    containers: list[str] = Field(default_factory=list, description="Log tails of these.")
-    files: list[str] = Field(default_factory=list, description="Tails of these log files.")
+    units: list[Annotated[str, Field(pattern=_NAME)]] = Field(
+        default_factory=list, description="Journal tails of these units.")
+    containers: list[Annotated[str, Field(pattern=_NAME)]] = Field(
+        default_factory=list, description="Log tails of these.")
+    files: list[Annotated[str, Field(pattern=r"^/")]] = Field(
+        default_factory=list, description="Tails of these log files (absolute paths).")
     lines: int = Field(50, ge=1, le=10_000, description="Lines per tail.")
 
 
