@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 # (the redis health check), Chromium and its WebDriver (the dashboard, driven headless by
 # Selenium), nftables and iproute2 (IP blocking inside network namespaces the tests create),
 # fail2ban (its stock filters, which watches load unchanged), openssh-server (sshd for the
-# SFTP offsite copies of backups).
+# SFTP offsite copies of backups and fleet SSH connections), sudo (fleet runs' sudo -n).
 missing=()
 command -v setpriv >/dev/null || missing+=(util-linux)
 command -v dockerd >/dev/null || missing+=(docker.io)
@@ -26,6 +26,7 @@ command -v ip >/dev/null || missing+=(iproute2)
 [ -f /etc/fail2ban/filter.d/sshd.conf ] || missing+=(fail2ban)
 command -v chromedriver >/dev/null || missing+=(chromium-driver)
 [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
+command -v sudo >/dev/null || missing+=(sudo)
 [ -x /usr/bin/python3 ] && ! /usr/bin/python3 -c 'import ensurepip' 2>/dev/null && missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then

@@ -1,10 +1,12 @@
 """A throw-away OpenSSH server for the tests: Debian's /usr/sbin/sshd in the foreground on a
 free 127.0.0.1 port, its own config, host key and authorized key in a temp dir. Needs root
-(sshd switches to the logging-in user); it logs in as root by default."""
+(sshd switches to the logging-in user); it logs in as root by default, or as a local user
+that ensure_user() creates."""
 
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -25,6 +27,20 @@ def keygen(path: Path, kind: str = "ed25519") -> Path:
     return path
 
 
+def ensure_user(name: str = "opsagent-ssh") -> str:
+    """A local system account to log in as someone other than root: shell /bin/sh, home /,
+    no sudo rights, no password but not locked (sshd refuses locked accounts); created on
+    first use and left in place."""
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--shell", "/bin/sh", "--home-dir", "/",
+                        "--no-create-home", "--password", "*", name],
+                       capture_output=True, timeout=30)
+        pwd.getpwnam(name)  # KeyError here when useradd failed (and no one else made it)
+    return name
+
+
 class Sshd:
     def __init__(self, user: str = "root") -> None:
         if not os.path.exists(SSHD):
@@ -37,6 +53,9 @@ class Sshd:
         self.client_key = keygen(self.dir / "client_ed25519")
         (self.dir / "authorized_keys").write_text(
             (self.dir / "client_ed25519.pub").read_text())
+        if user != "root":  # sshd reads authorized_keys as the user
+            self.dir.chmod(0o711)
+            (self.dir / "authorized_keys").chmod(0o644)
         self.config = self.dir / "sshd_config"
         self.config.write_text(
             f"ListenAddress 127.0.0.1\n"
@@ -74,6 +93,25 @@ class Sshd:
         """The known_hosts line for this server ([127.0.0.1]:PORT TYPE BASE64)."""
         kind, b64 = (pub or self.host_key.with_suffix(".pub")).read_text().split()[:2]
         return f"[127.0.0.1]:{self.port} {kind} {b64}\n"
+
+    def new_host_key(self) -> Sshd:
+        """Restart on the same port with a newly generated host key (a reinstalled host)."""
+        end(self.proc)
+        for path in (self.host_key, self.host_key.with_suffix(".pub")):
+            path.unlink()
+        keygen(self.host_key)
+        return self.start()
+
+    def drop_connections(self) -> None:
+        """SIGKILL the per-connection sshd processes: clients see the connection drop. The
+        commands they run are left alone (killing a login shell halfway through its dotfiles
+        can leave locks behind, e.g. pyenv's rehash lock)."""
+        import psutil
+
+        assert self.proc is not None
+        for child in psutil.Process(self.proc.pid).children(recursive=True):
+            if child.name().startswith("sshd"):
+                child.kill()
 
     def stop(self) -> None:
         end(self.proc)
