@@ -1,6 +1,6 @@
 """The report documents (versioned) the agent sends and the collector stores.
 
-Five types, one schema (schemas/report.schema.json, discriminated by ``type``):
+Six types, one schema (schemas/report.schema.json, discriminated by ``type``):
 
 * ``run`` — one run of one playbook on one host: each resource's status, and each change
   labelled ``corrective`` (drift repaired), ``intentional`` (the playbook changed),
@@ -8,7 +8,11 @@ Five types, one schema (schemas/report.schema.json, discriminated by ``type``):
 * ``alert`` — an alert event (a restart budget ran out, a playbook revision was refused);
 * ``revision`` — the agent started enforcing another playbook revision;
 * ``response`` — a log watch fired: the key, the matches, each response's outcome;
-* ``dropped`` — the outbox was over its cap and dropped reports: what, and how many.
+* ``dropped`` — the outbox was over its cap and dropped reports: what, and how many;
+* ``incident`` — a runbook run's incident record (``opsagent remediate``): who ran what on
+  which hosts, each step's outcome per host, the timeline, evidence and follow-ups. Its
+  ``host`` is the controller the run was started from; a record is sent again as it
+  progresses, each time under a new report id, and the collector keeps the newest version.
 
 A report never contains file content or secrets: content changes are reported by digest.
 """
@@ -188,6 +192,89 @@ class DroppedReport(_Typed):
     dropped: DroppedDoc
 
 
+HostStatus = Literal["ok", "changed", "failed", "unreachable", "skipped", "would-change"]
+StepStatus = Literal["ok", "changed", "failed", "skipped", "would-change", "rolled-back"]
+IncidentStatus = Literal["running", "succeeded", "failed", "aborted", "checked"]
+
+
+class RunbookRef(_Doc):
+    name: str = Field(min_length=1, max_length=255, examples=["service-down"])
+    path: str = Field(max_length=4096, examples=["runbooks/service-down.yaml"])
+    revision: str = Field(max_length=128, description="sha256 of the runbook text.",
+                          examples=["sha256:9f2c4e1d"])
+    description: str | None = None
+
+
+class IncidentHost(_Doc):
+    name: str = Field(min_length=1, max_length=255, description="The inventory name.",
+                      examples=["web01"])
+    status: HostStatus = Field(description="How the run went on this host overall; "
+                               "unreachable: no SSH connection; would-change: a dry run "
+                               "found work to do.")
+    message: str
+
+
+class IncidentStep(_Doc):
+    index: int = Field(ge=0, description="The step's position in the runbook.")
+    name: str = Field(examples=["restart nginx"])
+    action: str = Field(max_length=64, examples=["restart"])
+
+
+class IncidentOutcome(_Doc):
+    host: str = Field(min_length=1, max_length=255)
+    step: int = Field(ge=0, description="The index of the step (see steps).")
+    name: str
+    action: str = Field(max_length=64)
+    status: StepStatus = Field(description="rolled-back: a completed step undone after a "
+                               "later one failed (on_failure: rollback).")
+    message: str
+    started_at: str = Field(description="ISO 8601 UTC.")
+    duration_s: float = Field(ge=0)
+    evidence: dict[str, Any] | None = Field(
+        None, description="A snapshot's evidence, bounded text: sockets, processes, "
+        "logs {name: tail}.")
+    ignored: bool = Field(False, description="A failure the runbook lets pass (on_failure: "
+                          "continue): it does not fail the host.")
+
+
+class TimelineEvent(_Doc):
+    at: str = Field(description="ISO 8601 UTC.")
+    event: str = Field(examples=["wave 1 of 3: web01", "confirmed: Block 203.0.113.7?"])
+
+
+class IncidentDoc(_Doc):
+    id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$",
+                    examples=["INC-20261123-093112-3f2a"])
+    runbook: RunbookRef
+    title: str = Field(description="The runbook's description, or its name.")
+    by: str = Field(max_length=255, description="The operator, user@controller.",
+                    examples=["alice@laptop"])
+    check: bool = Field(description="A dry run (--check): nothing was changed.")
+    params: dict[str, Any] = Field(default_factory=dict,
+                                   examples=[{"ip": "203.0.113.7"}])
+    inventory: str | None = None
+    limit: str | None = Field(None, description="The --limit pattern.")
+    started_at: str = Field(description="ISO 8601 UTC.")
+    finished_at: str | None = Field(None, description="ISO 8601 UTC; null while running.")
+    status: IncidentStatus = Field(description="running, succeeded, failed, aborted (stopped "
+                                   "by the operator or max_fail_percentage), checked (a dry "
+                                   "run finished).")
+    hosts: list[IncidentHost] = Field(default_factory=list)
+    steps: list[IncidentStep] = Field(default_factory=list)
+    outcomes: list[IncidentOutcome] = Field(default_factory=list,
+                                            description="Each step's outcome on each host.")
+    timeline: list[TimelineEvent] = Field(default_factory=list)
+    followups: list[str] = Field(default_factory=list,
+                                 description="The runbook's post-incident follow-ups.")
+
+
+class IncidentReport(_Typed):
+    """A runbook run's incident record, sent by the controller that ran it."""
+
+    type: Literal["incident"] = "incident"
+    incident: IncidentDoc
+
+
 def _type_of(value: Any) -> Any:
     """``type`` defaults to ``run`` (the first report type), in documents and in the schema."""
     if isinstance(value, dict):
@@ -198,7 +285,8 @@ def _type_of(value: Any) -> Any:
 Report = Annotated[Annotated[RunReport, Tag("run")] | Annotated[AlertReport, Tag("alert")]
                    | Annotated[RevisionReport, Tag("revision")]
                    | Annotated[ResponseReport, Tag("response")]
-                   | Annotated[DroppedReport, Tag("dropped")], Discriminator(_type_of)]
+                   | Annotated[DroppedReport, Tag("dropped")]
+                   | Annotated[IncidentReport, Tag("incident")], Discriminator(_type_of)]
 REPORT = TypeAdapter(Report)
 REPORTS = TypeAdapter(list[Report])
 

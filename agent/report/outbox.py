@@ -29,13 +29,15 @@ from agent.report.document import (
     AlertReport,
     DroppedDoc,
     DroppedReport,
+    IncidentReport,
     ResponseReport,
     RevisionReport,
     RunReport,
     utc_iso,
 )
 
-AnyReport = RunReport | AlertReport | RevisionReport | ResponseReport | DroppedReport
+AnyReport = (RunReport | AlertReport | RevisionReport | ResponseReport | DroppedReport
+             | IncidentReport)
 
 _BYTES = "bytes"  # outbox_meta: running SUM(size) of the outbox
 _DROPPED = "dropped_total"  # outbox_meta: reports ever dropped over the cap
