@@ -23,7 +23,7 @@ from starlette.concurrency import run_in_threadpool
 
 from agent import __version__
 from agent.collector.store import Store
-from agent.report.document import Report
+from agent.report.document import IncidentDoc, IncidentStatus, Report
 
 MAX_BODY = 32 << 20  # bytes on the wire
 MAX_INFLATED = 64 << 20  # bytes after gzip
@@ -99,6 +99,37 @@ class AlertEvent(BaseModel):
     message: str
     at: float
     report_id: str
+
+
+class HostCounts(BaseModel):
+    total: int = Field(description="Hosts the run targeted.")
+    ok: int = Field(description="Already right: nothing to change.")
+    changed: int
+    failed: int
+    unreachable: int
+    skipped: int
+    would_change: int = Field(description="A dry run found work to do.")
+
+
+class IncidentSummary(BaseModel):
+    id: str = Field(examples=["INC-20261123-093112-3f2a"])
+    controller: str = Field(description="The host the run was started from (it reported it).")
+    runbook: str
+    title: str
+    by: str = Field(description="The operator, user@controller.")
+    check: bool = Field(description="A dry run: nothing was changed.")
+    status: IncidentStatus
+    started_at: str = Field(description="ISO 8601 UTC.")
+    finished_at: str | None = Field(description="ISO 8601 UTC; null while running.")
+    duration_s: float | None
+    hosts: HostCounts
+
+
+class IncidentDetail(IncidentDoc):
+    """The newest version of an incident record the controller sent."""
+
+    controller: str = Field(description="The host the run was started from (it reported it).")
+    reported_at: str = Field(description="When the controller wrote this version, ISO 8601.")
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -199,11 +230,25 @@ def create_app(store: Store, *, stale_after: float = 300.0) -> FastAPI:
                     host: str | None = None) -> list[dict[str, Any]]:
         return store.alerts(limit=limit, host=host)
 
+    @app.get("/api/v1/incidents", response_model=list[IncidentSummary],
+             summary="Runbook runs (incident records), newest first")
+    def list_incidents(limit: int = Query(50, ge=1, le=1000)) -> list[dict[str, Any]]:
+        return store.incidents(limit=limit)
+
+    @app.get("/api/v1/incidents/{incident}", response_model=IncidentDetail,
+             responses={404: {"model": Problem}},
+             summary="One incident record: hosts, each step's outcome, timeline, evidence")
+    def get_incident(incident: str) -> dict[str, Any]:
+        doc = store.incident(incident)
+        if doc is None:
+            raise HTTPException(404, f"no incident {incident!r} has been reported")
+        return doc
+
     @app.get("/api/v1/blocks", response_model=FleetBlocks, responses=_ERRORS,
              summary="Blocks shared with the caller's group (opt-in fleet-wide blocking)")
     async def fleet_blocks(request: Request,
                            group: str = Query(pattern=r"^[A-Za-z0-9_.-]{1,64}$"),
-                           after: int = Query(0, ge=0)) -> dict[str, Any]:
+                           after: int = Query(0, ge=0, le=2**63 - 1)) -> dict[str, Any]:
         host = await run_in_threadpool(_authenticate, store, request)
         if host is None:
             raise refuse(401, "a valid bearer token for this host is required")

@@ -1,7 +1,9 @@
 """The dashboard: server-rendered pages (Jinja2, autoescaped), no front-end build.
 
 ``/`` the fleet (problems first), ``/hosts/{host}`` one host's resources, recurring drift,
-timeline and alerts, ``/alerts`` the alert events. Host names are validated at the token,
+timeline and alerts, ``/alerts`` the alert events, ``/incidents`` the runbook runs and
+``/incidents/{id}`` one run: its hosts, each step's outcome per host, the timeline and the
+evidence. Host names are validated at the token,
 but resource names, kinds and messages come from agents as they are: every value is shown
 as text, never markup, and the pages carry a Content-Security-Policy that runs no script at
 all, so an escaping slip still could not execute anything.
@@ -13,6 +15,7 @@ threadpool instead of blocking the event loop that ingest shares.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import time
 from typing import Any
@@ -28,6 +31,8 @@ TEMPLATES = os.path.join(os.path.dirname(__file__), "templates")
 RECENT_S = 86400.0  # "recent alerts" on the fleet page: the last 24 h
 ALERTS_COUNTED = 200  # alerts read to count the recent ones; past it the card says "200+"
 ALERTS_ON_FLEET = 10
+INCIDENTS_LISTED = 200
+INCIDENTS_ON_FLEET = 5
 # No script runs on these pages; styles are one inline block. Nothing may frame them.
 HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
@@ -64,6 +69,78 @@ def iso(ts: float | None) -> str:
     return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="seconds")
 
 
+def _epoch(iso: str | None) -> float | None:
+    if not iso:
+        return None
+    try:
+        t = dt.datetime.fromisoformat(iso)
+    except ValueError:
+        return None
+    return (t if t.tzinfo else t.replace(tzinfo=dt.UTC)).timestamp()
+
+
+def utc(ts: float | None) -> str:
+    """YYYY-MM-DD HH:MM:SS UTC of an epoch time."""
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if ts else ""
+
+
+def clock(ts: float | None) -> str:
+    """HH:MM:SS UTC of an epoch time."""
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%H:%M:%S") if ts else ""
+
+
+def incident_view(doc: dict[str, Any]) -> dict[str, Any]:
+    """What the incident page shows: the hosts × steps grid of outcomes (a host may have
+    several outcomes for one step: it ran, then was rolled back), the timeline (the run's
+    events and every outcome, in time order) and the evidence."""
+    outcomes = doc["outcomes"]
+    steps = {s["index"]: s for s in doc["steps"]}
+    for o in outcomes:  # a step only the outcomes name
+        steps.setdefault(o["step"], {"index": o["step"], "name": o["name"],
+                                     "action": o["action"]})
+    hosts = list(doc["hosts"])
+    known = {h["name"] for h in hosts}
+    for name in dict.fromkeys(o["host"] for o in outcomes if o["host"] not in known):
+        hosts.append({"name": name, "status": "unknown", "message": ""})
+    grid: dict[str, dict[int, list[dict[str, Any]]]] = {h["name"]: {} for h in hosts}
+    for o in outcomes:
+        grid[o["host"]].setdefault(o["step"], []).append(o)
+    start, end = _epoch(doc["started_at"]), _epoch(doc.get("finished_at"))
+    marked = {_epoch(e["at"]) for e in doc["timeline"]}  # the run's own events may say it
+    rows: list[dict[str, Any]] = []
+    if start not in marked:
+        rows.append({"at": start, "order": 0, "text": "started by " + doc["by"]
+                     + (" (dry run)" if doc["check"] else "")})
+    rows += [{"at": _epoch(e["at"]) or start, "order": 1, "text": e["event"]}
+             for e in doc["timeline"]]
+    rows += [{"at": _epoch(o["started_at"]) or start, "order": 1, "outcome": o,
+              "step_name": steps[o["step"]]["name"]} for o in outcomes]
+    if end is not None and end not in marked:
+        rows.append({"at": end, "order": 2, "text": f"finished: {doc['status']}"})
+    rows.sort(key=lambda r: (r["at"] or 0.0, r["order"]))
+    counts: dict[str, int] = {}
+    for h in hosts:
+        counts[h["status"]] = counts.get(h["status"], 0) + 1
+    evidence = [(o, _blocks(o["evidence"])) for o in outcomes if o.get("evidence")]
+    return {"steps": [steps[i] for i in sorted(steps)], "hosts": hosts, "grid": grid,
+            "timeline": rows, "counts": counts, "evidence": evidence,
+            "duration": span(end - start) if end is not None and start is not None else None}
+
+
+def _blocks(evidence: dict[str, Any]) -> list[tuple[str, str]]:
+    """(label, text) per piece of evidence: text as it is, a {name: text} map (log tails) a
+    block per name, anything else as JSON."""
+    out: list[tuple[str, str]] = []
+    for key, value in evidence.items():
+        if isinstance(value, str):
+            out.append((key, value))
+        elif isinstance(value, dict) and all(isinstance(v, str) for v in value.values()):
+            out += [(f"{key}: {name}", text) for name, text in value.items()]
+        else:
+            out.append((key, json.dumps(value, indent=2, default=str)))
+    return out
+
+
 def _env() -> Environment:
     env = Environment(loader=FileSystemLoader(TEMPLATES),
                       autoescape=select_autoescape(["html"], default=True),
@@ -71,6 +148,9 @@ def _env() -> Environment:
     env.filters["ago"] = ago
     env.filters["iso"] = iso
     env.filters["span"] = span
+    env.filters["clock"] = clock
+    env.filters["utc"] = utc
+    env.filters["epoch"] = _epoch
     env.globals["version"] = __version__
     return env
 
@@ -90,6 +170,7 @@ def add_dashboard(app: FastAPI, store: Store, *, stale_after: float) -> None:
     @app.get("/", include_in_schema=False, response_class=HTMLResponse)
     def fleet(request: Request) -> HTMLResponse:
         hosts = sorted(store.hosts(stale_after), key=_problems_first)
+        incidents = store.incidents(limit=INCIDENTS_ON_FLEET)
         alerts = store.alerts(limit=ALERTS_COUNTED)
         since = time.time() - RECENT_S
         recent = sum(1 for a in alerts if a["at"] >= since)
@@ -97,7 +178,8 @@ def add_dashboard(app: FastAPI, store: Store, *, stale_after: float) -> None:
                     totals={"hosts": len(hosts), "stale": sum(h["stale"] for h in hosts),
                             "failing": sum(h["failing"] for h in hosts),
                             "alerts": f"{recent}+" if recent == ALERTS_COUNTED else recent},
-                    stale_after=stale_after, collector_url=str(request.base_url).rstrip("/"))
+                    stale_after=stale_after, collector_url=str(request.base_url).rstrip("/"),
+                    incidents=incidents)
 
     @app.get("/hosts/{host}", include_in_schema=False, response_class=HTMLResponse)
     def host_page(host: str) -> HTMLResponse:
@@ -110,3 +192,15 @@ def add_dashboard(app: FastAPI, store: Store, *, stale_after: float) -> None:
     @app.get("/alerts", include_in_schema=False, response_class=HTMLResponse)
     def alerts_page() -> HTMLResponse:
         return page("alerts.html", alerts=store.alerts(limit=ALERTS_COUNTED), limit=ALERTS_COUNTED)
+
+    @app.get("/incidents", include_in_schema=False, response_class=HTMLResponse)
+    def incidents_page() -> HTMLResponse:
+        return page("incidents.html", incidents=store.incidents(limit=INCIDENTS_LISTED),
+                    limit=INCIDENTS_LISTED)
+
+    @app.get("/incidents/{incident}", include_in_schema=False, response_class=HTMLResponse)
+    def incident_page(incident: str) -> HTMLResponse:
+        doc = store.incident(incident)
+        if doc is None:
+            return page("missing_incident.html", 404, incident=incident)
+        return page("incident.html", inc=doc, view=incident_view(doc))

@@ -107,6 +107,24 @@ fleet_blocks = sa.Table(
 )
 
 
+incidents = sa.Table(
+    "incidents", meta,
+    sa.Column("id", sa.String(64), primary_key=True),  # the incident id, not a report id
+    sa.Column("report_id", sa.String(64), nullable=False),  # the newest version's report
+    sa.Column("host", sa.String(253), nullable=False),  # the controller that reported it
+    sa.Column("runbook", sa.String(255), nullable=False),
+    sa.Column("title", sa.Text, nullable=False),
+    sa.Column("operator", sa.String(255), nullable=False),
+    sa.Column("dry_run", sa.Integer, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("started", sa.Float, nullable=False),
+    sa.Column("finished", sa.Float),
+    sa.Column("updated", sa.Float, nullable=False),  # the version's created_at
+    sa.Column("counts", sa.Text, nullable=False),  # JSON: hosts per status
+    sa.Index("incidents_started", "started"),
+)
+
+
 def _v1(conn: Connection) -> None:
     for table in (tokens, hosts, reports, changes, resources, alerts):
         table.create(conn, checkfirst=True)
@@ -120,8 +138,12 @@ def _v2(conn: Connection) -> None:
     fleet_blocks.create(conn, checkfirst=True)
 
 
+def _v3(conn: Connection) -> None:
+    incidents.create(conn, checkfirst=True)
+
+
 # Append only: a released migration is never edited, a new one gets the next number.
-MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(1, _v1), (2, _v2)]
+MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(1, _v1), (2, _v2), (3, _v3)]
 
 
 def url_of(db: str) -> str:

@@ -25,10 +25,12 @@ from sqlalchemy.engine import Connection, Engine
 from agent.collector import db
 from agent.report.document import (
     AlertReport,
+    IncidentReport,
     Report,
     ResponseReport,
     RevisionReport,
     RunReport,
+    utc_iso,
 )
 
 HOST_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
@@ -145,11 +147,13 @@ class Store:
         latest: dict[tuple[str, str], dict[str, Any]] = {}
         alert_rows: list[dict[str, Any]] = []
         block_rows: list[dict[str, Any]] = []
+        incident_rows: dict[str, dict[str, Any]] = {}
         revision = None
-        version = max(fresh, key=lambda r: r.created_at).agent_version
         for r in sorted(fresh, key=lambda r: r.created_at, reverse=True):  # newest first
             at = epoch(r.created_at)
-            if isinstance(r, RunReport):
+            if isinstance(r, IncidentReport):
+                incident_rows.setdefault(r.incident.id, _incident_row(r))  # its newest
+            elif isinstance(r, RunReport):
                 for res in r.results:
                     if r.mode == "apply" and (res.kind, res.name) not in latest:
                         latest[(res.kind, res.name)] = {
@@ -191,6 +195,26 @@ class Store:
                 index_elements=["host", "kind", "name"],
                 set_={c: ins.excluded[c] for c in ("playbook", "status", "message", "at")},
                 where=db.resources.c.at <= ins.excluded.at), list(latest.values()))
+        if incident_rows:
+            self._upsert_incidents(conn, list(incident_rows.values()))
+        managed = [r for r in fresh if not isinstance(r, IncidentReport)]
+        if managed:  # a controller that only sends incident records is not a managed host
+            self._upsert_host(conn, host, now, revision,
+                              max(managed, key=lambda r: r.created_at).agent_version)
+
+    def _upsert_incidents(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
+        """A newer version of an incident replaces an older one; only the controller that
+        first reported an incident id may send newer versions of it."""
+        ins = self._insert(db.incidents)
+        t = db.incidents.c
+        conn.execute(ins.on_conflict_do_update(
+            index_elements=["id"],
+            set_={c.name: ins.excluded[c.name] for c in db.incidents.c if c.name != "id"},
+            where=sa.and_(t.host == ins.excluded.host, t.updated <= ins.excluded.updated)),
+            rows)
+
+    def _upsert_host(self, conn: Connection, host: str, now: float, revision: str | None,
+                     version: str) -> None:
         ins = self._insert(db.hosts)
         values = {"name": host, "first_seen": now, "last_seen": now, "agent_version": version,
                   "revision": revision}
@@ -308,6 +332,26 @@ class Store:
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(q).mappings()]
 
+    def incidents(self, limit: int = 50) -> list[dict[str, Any]]:
+        """Runbook runs, newest first: who ran what, when, how it went, hosts per status."""
+        t = db.incidents.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(db.incidents).order_by(t.started.desc(), t.id.desc())
+                                .limit(limit)).mappings().all()
+        return [_incident_summary(r) for r in rows]
+
+    def incident(self, ident: str) -> dict[str, Any] | None:
+        """The newest version of an incident record, with the controller that sent it."""
+        q = (sa.select(db.incidents.c.host, db.reports.c.body)
+             .join(db.reports, db.reports.c.id == db.incidents.c.report_id)
+             .where(db.incidents.c.id == ident))
+        with self.engine.connect() as conn:
+            row = conn.execute(q).first()
+        if row is None:
+            return None
+        body = json.loads(row.body)
+        return {**body["incident"], "controller": row.host, "reported_at": body["created_at"]}
+
     def counts(self) -> dict[str, int]:
         with self.engine.connect() as conn:
             return {t.name: int(conn.execute(sa.select(sa.func.count()).select_from(t))
@@ -345,6 +389,31 @@ def _report_row(r: Report, now: float) -> dict[str, Any]:
             "changed": run.summary.changed if run else 0,
             "failed": run.summary.failed if run else 0,
             "body": r.model_dump_json()}
+
+
+HOST_STATUSES = ("ok", "changed", "failed", "unreachable", "skipped", "would-change")
+
+
+def _incident_row(r: IncidentReport) -> dict[str, Any]:
+    inc = r.incident
+    counts = {s: sum(1 for h in inc.hosts if h.status == s) for s in HOST_STATUSES}
+    return {"id": inc.id, "report_id": r.id, "host": r.host, "runbook": inc.runbook.name,
+            "title": inc.title, "operator": inc.by, "dry_run": int(inc.check),
+            "status": inc.status, "started": epoch(inc.started_at),
+            "finished": epoch(inc.finished_at) if inc.finished_at else None,
+            "updated": epoch(r.created_at), "counts": json.dumps(counts)}
+
+
+def _incident_summary(row: Any) -> dict[str, Any]:
+    counts = json.loads(row["counts"])
+    finished = row["finished"]
+    return {"id": row["id"], "controller": row["host"], "runbook": row["runbook"],
+            "title": row["title"], "by": row["operator"], "check": bool(row["dry_run"]),
+            "status": row["status"], "started_at": utc_iso(row["started"]),
+            "finished_at": utc_iso(finished) if finished is not None else None,
+            "duration_s": None if finished is None else max(0.0, finished - row["started"]),
+            "hosts": {"total": sum(counts.values()),
+                      **{s.replace("-", "_"): int(counts.get(s, 0)) for s in HOST_STATUSES}}}
 
 
 def _host_doc(row: Any, now: float, stale_after: float) -> dict[str, Any]:

@@ -12,12 +12,15 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from agent.fleet.incidents import incident_report
 from tests.harness.collector import CollectorProc
+from tests.harness.incidents import sample_incident
 from tests.harness.reports import alert_report, run_report
 
 OPERATIONS = [("POST", "/api/v1/reports"), ("GET", "/api/v1/hosts"),
               ("GET", "/api/v1/hosts/{host}"), ("GET", "/api/v1/hosts/{host}/reports"),
-              ("GET", "/api/v1/alerts"), ("GET", "/api/v1/blocks")]
+              ("GET", "/api/v1/alerts"), ("GET", "/api/v1/blocks"),
+              ("GET", "/api/v1/incidents"), ("GET", "/api/v1/incidents/{incident}")]
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +29,7 @@ def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Collector
     proc = CollectorProc(str(root / "c.db"), root / "server.log").start()
     token = proc.token("web01")
     proc.post(token, [run_report("web01", [("services", "nginx", "changed", "corrective")]),
-                      alert_report("web01")])
+                      alert_report("web01"), incident_report(sample_incident(), "web01")])
     try:
         yield proc, token
     finally:
