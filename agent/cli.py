@@ -123,6 +123,7 @@ def _parser() -> argparse.ArgumentParser:
     __import__("agent.cli_backup", fromlist=["add_parsers"]).add_parsers(sub)
     __import__("agent.cli_db", fromlist=["add_parsers"]).add_parsers(sub)
     __import__("agent.cli_fleet", fromlist=["add_parsers"]).add_parsers(sub)
+    __import__("agent.cli_incident", fromlist=["add_parsers"]).add_parsers(sub)
     _server_parser(sub)
     return p
 
