@@ -23,11 +23,8 @@ tried, nor which known_hosts line holds a changed key.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import getpass
 import os
-import re
 import shlex
 import socket
 import threading
@@ -35,13 +32,13 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
-from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
 import paramiko
 
 from agent.errors import OpsAgentError
+from agent.fleet.known_hosts import KnownKey, append_known_host, fingerprint, read_known_keys
 from agent.inventory.model import Host
 
 Kind = Literal["unreachable", "timeout", "auth", "host-key-unknown", "host-key-changed", "sudo",
@@ -78,75 +75,6 @@ class ExecResult:
     exit_code: int  # -1 when the command ended without a status (killed by a signal)
     stdout: bytes
     stderr: bytes
-
-
-@dataclass(frozen=True)
-class KnownKey:
-    file: str
-    line: int
-    key: paramiko.PKey
-    revoked: bool
-
-
-def _fingerprint(key: paramiko.PKey) -> str:
-    return f"{key.get_name()} {key.fingerprint}"
-
-
-def _name_matches(name: str, patterns: str) -> bool:
-    """OpenSSH's known_hosts host field: hashed names, * and ? wildcards, !negations, commas."""
-    hit = False
-    for pattern in patterns.split(","):
-        if pattern.startswith("|1|"):
-            with suppress(ValueError, IndexError, binascii.Error):  # damaged: matches nothing
-                hit = hit or paramiko.HostKeys.hash_host(name, pattern) == pattern
-            continue
-        negated = pattern.startswith("!")
-        glob = re.escape(pattern.lstrip("!").lower()).replace(r"\*", ".*").replace(r"\?", ".")
-        if re.fullmatch(glob, name.lower(), re.DOTALL):
-            if negated:
-                return False
-            hit = True
-    return hit
-
-
-def read_known_keys(files: Sequence[str], name: str) -> list[KnownKey]:
-    """Every key known_hosts files hold for name (``addr`` or ``[addr]:port``), in order.
-
-    A missing file holds none; lines paramiko cannot read (other key types, @cert-authority)
-    are skipped. OSError for a file that exists but cannot be read.
-    """
-    found: list[KnownKey] = []
-    for file in files:
-        try:
-            text = Path(file).read_text(errors="replace")
-        except FileNotFoundError:
-            continue
-        for lineno, line in enumerate(text.splitlines(), 1):
-            fields = line.split()
-            marker = fields.pop(0) if fields and fields[0].startswith("@") else ""
-            if len(fields) < 3 or fields[0].startswith("#") or marker not in ("", "@revoked"):
-                continue
-            if not _name_matches(name, fields[0]):
-                continue
-            try:
-                key = paramiko.PKey.from_type_string(fields[1], base64.b64decode(fields[2]))
-            except (paramiko.SSHException, ValueError, binascii.Error):
-                continue
-            found.append(KnownKey(file, lineno, key, marker == "@revoked"))
-    return found
-
-
-def _append_known_host(file: str, name: str, key: paramiko.PKey) -> None:
-    path = Path(file).expanduser()
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
-    with os.fdopen(fd, "r+b") as f:
-        size = f.seek(0, os.SEEK_END)
-        lead = b""
-        if size:
-            f.seek(size - 1)
-            lead = b"" if f.read(1) == b"\n" else b"\n"
-        f.write(lead + f"{name} {key.get_name()} {key.get_base64()}\n".encode())
 
 
 def _open_socket(address: str, port: int, deadline: float) -> socket.socket:
@@ -279,7 +207,7 @@ class Connection:
         blob = key.asbytes()
         for k in known:
             if k.revoked and k.key.asbytes() == blob:
-                raise self._error("host-key-changed", f"host key {_fingerprint(key)} is marked "
+                raise self._error("host-key-changed", f"host key {fingerprint(key)} is marked "
                                   f"@revoked in {k.file} line {k.line}; refusing to connect")
         valid = [k for k in known if not k.revoked]
         if any(k.key.asbytes() == blob for k in valid):
@@ -291,21 +219,21 @@ class Connection:
                 f" -f {shlex.quote(old.file)}"
             raise self._error(
                 "host-key-changed",
-                f"host key CHANGED: the server offers {_fingerprint(key)}, {old.file} line "
-                f"{old.line} has {_fingerprint(old.key)}; refusing to connect (someone may be "
+                f"host key CHANGED: the server offers {fingerprint(key)}, {old.file} line "
+                f"{old.line} has {fingerprint(old.key)}; refusing to connect (someone may be "
                 "in between) — if the host was reinstalled, remove the old key with: "
                 f"ssh-keygen -R {shlex.quote(self.known_name)}{f}")
         if not self.options.accept_new:
             raise self._error(
                 "host-key-unknown",
-                f"host key {_fingerprint(key)} is not known (no entry for {self.known_name} "
+                f"host key {fingerprint(key)} is not known (no entry for {self.known_name} "
                 f"in {', '.join(files)}); compare it with the host's own (ssh-keygen -lf "
                 "/etc/ssh/ssh_host_*_key.pub there), then add it to known_hosts, or connect "
                 "once with accept_new")
         try:
-            _append_known_host(files[0], self.known_name, key)
+            append_known_host(files[0], self.known_name, key)
         except OSError as e:
-            raise self._error("host-key-unknown", f"host key {_fingerprint(key)} is new and "
+            raise self._error("host-key-unknown", f"host key {fingerprint(key)} is new and "
                               f"could not be recorded in {files[0]}: {e}") from None
 
     def _candidate_keys(self, notes: list[str]) -> Iterator[tuple[str, paramiko.PKey]]:
