@@ -354,24 +354,17 @@ def _shipped(pb: Any) -> dict[str, str]:
 
 def cmd_fleet_reconcile(args: argparse.Namespace) -> int:
     """plan / apply [--check] of local playbooks on the inventory's hosts."""
-    from agent.cli import parse_extra_vars
+    from agent.cli import _load_all, parse_extra_vars
     from agent.errors import InputError
     from agent.fleet.orchestrate import FleetRun, run_waves
     from agent.inventory import load_inventory
-    from agent.playbook import expand_paths, load_playbook
+    from agent.playbook import load_playbook
 
     extra = parse_extra_vars(args.extra_vars)
     mode = "check" if getattr(args, "check", False) else args.mode
     inv = load_inventory(args.inventory)
-    paths = expand_paths(list(args.playbooks))
-    loaded, errors = [], []
-    for path in paths:
-        try:
-            loaded.append(load_playbook(path, extra, schema_check=False))
-        except InputError as e:
-            errors.extend(e.diagnostics)
-    if errors:
-        raise InputError(errors)
+    loaded = _load_all(args.playbooks, extra)
+    errors = []
     wanted: dict[str, list[int]] = {}
     hosts = []
     for n, pb in enumerate(loaded):

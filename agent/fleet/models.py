@@ -16,19 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from agent.playbook.models.base import Spec
-from agent.playbook.models.checks import (
-    CommandProbe,
-    DiskProbe,
-    HttpProbe,
-    LoadProbe,
-    NamedProbe,
-    PercentProbe,
-    PostgresProbe,
-    ProcessProbe,
-    RedisProbe,
-    TcpProbe,
-    TlsProbe,
-)
+from agent.playbook.models.checks import Probes
 from agent.playbook.models.notifiers import Notifier
 from agent.playbook.types import Duration
 
@@ -84,34 +72,11 @@ class ParamSpec(Spec):
         return self
 
 
-class CheckStep(Spec):
+class CheckStep(Probes):
     """A health probe that must pass (as in a playbook's checks:), retried while it fails."""
 
-    http: HttpProbe | None = None
-    tcp: TcpProbe | None = None
-    tls: TlsProbe | None = None
-    postgres: PostgresProbe | None = None
-    redis: RedisProbe | None = None
-    disk: DiskProbe | None = None
-    memory: PercentProbe | None = None
-    swap: PercentProbe | None = None
-    cpu: PercentProbe | None = None
-    load: LoadProbe | None = None
-    process: ProcessProbe | None = None
-    container: NamedProbe | None = None
-    service: NamedProbe | None = None
-    command: CommandProbe | None = None
     retries: int = Field(0, ge=0, le=100, description="Tries again this many times.")
     delay: Duration = Field(2.0, description="Wait between tries.", examples=["2s"])
-
-    @model_validator(mode="after")
-    def _one_probe(self) -> CheckStep:
-        from agent.playbook.models.checks import PROBES
-
-        given = [p for p in PROBES if getattr(self, p) is not None]
-        if len(given) != 1:
-            raise ValueError(f"give exactly one probe: {', '.join(PROBES)} (got {len(given)})")
-        return self
 
 
 class RestartStep(Spec):

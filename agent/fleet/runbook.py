@@ -27,6 +27,7 @@ from pydantic import Field
 from agent.errors import Diagnostic, InputError
 from agent.fleet.models import ACTIONS, ParamSpec, Runbook, StepSpec
 from agent.playbook.loader import Document, parse, read_text
+from agent.playbook.templating import any_template
 
 RUNBOOK_SCHEMA = "runbook.schema.json"
 
@@ -83,16 +84,6 @@ def load_runbook(path: str) -> LoadedRunbook:
     return LoadedRunbook(os.path.abspath(path), doc, model, revision)
 
 
-def _templated(value: Any) -> bool:
-    if isinstance(value, str):
-        return "{{" in value or "{%" in value
-    if isinstance(value, dict):
-        return any(_templated(v) for v in value.values())
-    if isinstance(value, list):
-        return any(_templated(v) for v in value)
-    return False
-
-
 def _check_step(doc: Document, i: int, step: Any) -> list[Diagnostic]:
     """A step's problems that no template can fix: structure, names, literal values."""
     from pydantic import ValidationError
@@ -112,7 +103,7 @@ def _check_step(doc: Document, i: int, step: Any) -> list[Diagnostic]:
     except ValidationError as e:
         kept = [{**err, "loc": (*at, *err["loc"])} for err in e.errors(include_url=False)
                 if err["type"] in ("missing", "extra_forbidden")
-                or not _templated(_at(step, err["loc"]))]
+                or not any_template(_at(step, err["loc"]))]
         # a template's value is checked once the step is bound to a host
         return pydantic_diagnostics(doc, _Errors(kept)) if kept else []
 
@@ -143,7 +134,7 @@ def _check_notifiers(doc: Document, rb: RunbookFile) -> list[Diagnostic]:
         body = step.get("notify")
         if isinstance(body, dict):
             name = body.get("notifier")
-            if isinstance(name, str) and not _templated(name) and name not in rb.notifiers:
+            if isinstance(name, str) and not any_template(name) and name not in rb.notifiers:
                 known = ", ".join(rb.notifiers) or "none are declared"
                 errors.append(doc.diag(("steps", i, "notify", "notifier"),
                                        f"no notifier {name!r} under notifiers:",

@@ -59,9 +59,9 @@ def load_playbook(path: str, extra_vars: Mapping[str, Any] | None = None, *,
         raise InputError([doc.diag((), f"the top level is {what}", hint)])
 
     variables = _variables(doc, extra_vars or {})
-    from agent.playbook.templating import render_document
+    from agent.playbook.templating import any_template, render_document
 
-    if _any_template(doc.data):
+    if any_template(doc.data):
         errors = render_document(doc, variables)
         if errors:
             raise InputError(errors)
@@ -104,16 +104,6 @@ def _variables(doc: Document, extra: Mapping[str, Any]) -> dict[str, Any]:
     if not isinstance(own, dict):
         return dict(extra)  # the schema check reports it
     return {**own, **extra}
-
-
-def _any_template(value: Any) -> bool:
-    if isinstance(value, str):
-        return "{{" in value or "{%" in value
-    if isinstance(value, dict):
-        return any(_any_template(v) for v in value.values())
-    if isinstance(value, list):
-        return any(_any_template(v) for v in value)
-    return False
 
 
 def pydantic_diagnostics(doc: Document, err: Any) -> list[Diagnostic]:

@@ -25,6 +25,17 @@ def has_template(text: str) -> bool:
     return "{{" in text or "{%" in text
 
 
+def any_template(value: Any) -> bool:
+    """Whether a string anywhere in value (a YAML tree) is a template."""
+    if isinstance(value, str):
+        return has_template(value)
+    if isinstance(value, dict):
+        return any(any_template(v) for v in value.values())
+    if isinstance(value, list):
+        return any(any_template(v) for v in value)
+    return False
+
+
 @cache
 def environment() -> Any:
     from jinja2 import StrictUndefined

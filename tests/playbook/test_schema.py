@@ -72,4 +72,5 @@ def test_cli_validates_the_playbooks_directory():
     p = subprocess.run([sys.executable, "-m", "agent.cli", "validate", str(ROOT / "playbooks")],
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
-    assert p.stdout.strip() == f"{len(PLAYBOOKS)} playbooks valid"
+    runbooks = len(list((ROOT / "playbooks" / "runbooks").glob("*.yaml")))
+    assert p.stdout.strip() == f"{len(PLAYBOOKS)} playbooks and {runbooks} runbooks valid"

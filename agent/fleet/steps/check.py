@@ -13,9 +13,9 @@ from agent.fleet.steps.base import StepContext, StepResult
 
 def run(spec: CheckStep, ctx: StepContext) -> StepResult:
     from agent.checks import run_check
-    from agent.playbook.models.checks import PROBES, CheckSpec
+    from agent.playbook.models.checks import CheckSpec
 
-    probe = next(p for p in PROBES if getattr(spec, p) is not None)
+    probe = spec.probe
     check = CheckSpec.model_validate({"name": "runbook-step", probe: getattr(spec, probe)})
     tries = spec.retries + 1
     for attempt in range(1, tries + 1):

@@ -135,14 +135,9 @@ class CommandProbe(Spec):
     timeout: Duration = Field(30.0, examples=["30s"])
 
 
-class CheckSpec(Spec):
-    """One probe, run on an interval, healthy / degraded / unhealthy."""
+class Probes(Spec):
+    """Exactly one probe: what a playbook's check and a runbook's check step look at."""
 
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$", examples=["api-health"])
-    interval: Duration = Field(60.0, examples=["60s"])
-    degraded_ms: float | None = Field(None, ge=0, description="Latency at which it is degraded.")
-    unhealthy_ms: float | None = Field(None, ge=0, description="Latency at which it is unhealthy.")
-    optional: bool = Field(False, description="A failure counts as degraded, not unhealthy.")
     http: HttpProbe | None = None
     tcp: TcpProbe | None = None
     tls: TlsProbe | None = None
@@ -159,7 +154,7 @@ class CheckSpec(Spec):
     command: CommandProbe | None = None
 
     @model_validator(mode="after")
-    def _one_probe(self) -> CheckSpec:
+    def _one_probe(self) -> Probes:
         given = [p for p in PROBES if getattr(self, p) is not None]
         if len(given) != 1:
             raise ValueError(f"give exactly one probe: {', '.join(PROBES)} (got {len(given)})")
@@ -168,3 +163,13 @@ class CheckSpec(Spec):
     @property
     def probe(self) -> str:
         return next(p for p in PROBES if getattr(self, p) is not None)
+
+
+class CheckSpec(Probes):
+    """One probe, run on an interval, healthy / degraded / unhealthy."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$", examples=["api-health"])
+    interval: Duration = Field(60.0, examples=["60s"])
+    degraded_ms: float | None = Field(None, ge=0, description="Latency at which it is degraded.")
+    unhealthy_ms: float | None = Field(None, ge=0, description="Latency at which it is unhealthy.")
+    optional: bool = Field(False, description="A failure counts as degraded, not unhealthy.")
