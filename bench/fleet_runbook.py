@@ -89,6 +89,12 @@ class VerifyError(Exception):
     pass
 
 
+def load() -> str:
+    """The machine's 1-minute load average (others' work on it shows here)."""
+    with open("/proc/loadavg") as fh:
+        return fh.read().split()[0]
+
+
 def note(msg: str) -> None:
     print(f"# {msg}", file=sys.stderr, flush=True)
 
@@ -345,7 +351,7 @@ def run_tool(tool: str, fleet, args, scratch: str, pool, cpu_files: list[str]) -
         verify_hosts(before, states(fleet, pool), t0, shape)
         note(f"{tool} run {i + 1}{' (warm-up)' if i < args.warmup else ''}: wall "
              f"{r['wall']:.3f} s, cpu {r['cpu']:.3f} s, remote cpu {r['remote_cpu']:.3f} s, "
-             f"verified on {len(fleet.names)} hosts"
+             f"verified on {len(fleet.names)} hosts; load {load()}"
              + (f"; ended {leftovers} leftover process(es)" if leftovers else ""))
         if i >= args.warmup:
             runs.append(r)
@@ -362,7 +368,8 @@ def opsagent_phases(fleet, pool) -> None:
     ssh: agent.fleet.ssh.Connection.open to every host at once (TCP, handshake, host key
     check, login) and one `opsagent --version` over it (the remote interpreter's start);
     local: the runbook run on a host by its own agent (`opsagent remediate`, no -i) through
-    docker exec, on one host alone and then on every host at once."""
+    docker exec, on one host alone (with its steps' durations from the incident record)
+    and then on every host at once."""
     from agent.fleet.ssh import Connection, SSHOptions
     from agent.inventory import load_inventory
 
@@ -400,8 +407,17 @@ def opsagent_phases(fleet, pool) -> None:
 
     alone = local_run(fleet.hosts[0])
     note(f"phases: the runbook run locally on one host (docker exec, no SSH): {alone:.3f} s")
+    r = fleet.hosts[0].exec([fleet.opsagent_path, "remediate", runbook, "--yes", "--json"],
+                            timeout=300)
+    try:
+        doc = json.loads(r.output[r.output.index("{"):])
+        steps = ", ".join(f"[{o['step'] + 1}] {o['duration_s']:.3f} s"
+                          for o in doc.get("outcomes", []))
+        note(f"phases: its steps on one host alone (the incident record's duration_s): {steps}")
+    except (ValueError, KeyError, TypeError) as e:
+        note(f"phases: no step durations in the incident record ({e})")
     together = list(pool.map(local_run, fleet.hosts))
-    note(f"phases: the same on {len(together)} hosts at once: {_spread(together)}")
+    note(f"phases: the local run on {len(together)} hosts at once: {_spread(together)}")
 
 
 # ---------------------------------------------------------------- report
