@@ -154,4 +154,27 @@ def step_dicts(steps: list[StepSpec]) -> list[dict[str, Any]]:
 
 
 def steps_of(data: list[Mapping[str, Any]]) -> list[StepSpec]:
-    return [StepSpec.model_validate(d) for d in data]
+    """Bound steps as the controller sent them, checked again. Each step's action body is
+    validated by its own model and the step assembled around it, so a host builds the
+    validators of the actions it runs rather than of all of them (start-up time)."""
+    from agent.fleet.models import ACTIONS, STEP_KEYS, ParsedStep
+    from agent.playbook.types import parse_duration
+
+    steps = []
+    for d in data:
+        actions = [k for k in d if k in ACTIONS]
+        unknown = [k for k in d if k not in STEP_KEYS]
+        if len(actions) != 1 or unknown:
+            raise ValueError(f"a step names exactly one action and nothing unknown: {list(d)}")
+        action = actions[0]
+        body = ParsedStep.body(action, d[action])
+        on_failure = d.get("on_failure")
+        if on_failure not in (None, "stop", "continue", "rollback"):
+            raise ValueError(f"on_failure {on_failure!r}")
+        timeout = None if d.get("timeout") is None else parse_duration(d["timeout"])
+        name = d.get("name")
+        if name is not None and not isinstance(name, str):
+            raise ValueError(f"step name {name!r}")
+        steps.append(StepSpec.model_construct(name=name, on_failure=on_failure,
+                                              timeout=timeout, **{action: body}))
+    return steps

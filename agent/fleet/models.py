@@ -246,3 +246,21 @@ class Runbook(Spec):
         return v
 
     _serial = field_validator("serial")(lambda v: check_serial(v))
+
+
+class ParsedStep:
+    """The model of each action's body, for checking one body on its own."""
+
+    MODELS: dict[str, type[Spec]] = {
+        "check": CheckStep, "restart": RestartStep, "block_ip": BlockStep,
+        "unblock_ip": UnblockStep, "run": RunStep, "rollback": RollbackStep,
+        "backup": BackupStep, "scale": ScaleStep, "notify": NotifyStep,
+        "snapshot": SnapshotStep}
+
+    @classmethod
+    def body(cls, action: str, value: Any) -> Any:
+        if action == "confirm":
+            if not isinstance(value, str) or not value:
+                raise ValueError("confirm: a non-empty question")
+            return value
+        return cls.MODELS[action].model_validate(value)

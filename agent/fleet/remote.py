@@ -34,15 +34,21 @@ from agent import __version__
 MAX_REQUEST = 64 * 2**20
 
 
+DEFAULT_CONFIG = "/etc/opsagent/agent.yaml"  # agent.service.config's, not imported for it
+
+
+def _default_state_dir() -> str:
+    return "/var/lib/opsagent" if os.geteuid() == 0 else os.path.expanduser(
+        "~/.local/state/opsagent")
+
+
 def _config(state_dir: str | None) -> Any:
-    from agent.service.config import DEFAULT_CONFIG, AgentConfig, load_config
+    from agent.service.config import AgentConfig, load_config
 
     overrides = {"state_dir": state_dir} if state_dir else {}
     if os.path.exists(DEFAULT_CONFIG):
         return load_config(DEFAULT_CONFIG, overrides)
-    default = "/var/lib/opsagent" if os.geteuid() == 0 else os.path.expanduser(
-        "~/.local/state/opsagent")
-    return AgentConfig.model_validate({"state_dir": state_dir or default})
+    return AgentConfig.model_validate({"state_dir": state_dir or _default_state_dir()})
 
 
 def main() -> int:
@@ -68,22 +74,32 @@ def _write(doc: dict[str, Any]) -> None:
 
 
 def remediate(req: dict[str, Any]) -> dict[str, Any]:
-    from pydantic import TypeAdapter
-
     from agent.fleet.execute import run_steps, steps_of
     from agent.fleet.steps.base import StepContext
-    from agent.playbook.models.notifiers import Notifier
 
-    cfg = _config(req.get("state_dir"))
+    # Without an agent config the defaults apply; the steps that need it (block_ip) build
+    # them, so the common case does not pay for the config's validators.
+    cfg = _config(req.get("state_dir")) if os.path.exists(DEFAULT_CONFIG) else None
+    state_dir = cfg.state_dir if cfg else req.get("state_dir") or _default_state_dir()
     steps = steps_of(req["steps"])
-    notifiers = TypeAdapter(dict[str, Notifier]).validate_python(req.get("notifiers") or {})
-    ctx = StepContext(host=str(req["host"]), state_dir=cfg.state_dir, check=bool(req["check"]),
+    notifiers = _notifiers(req.get("notifiers"))
+    ctx = StepContext(host=str(req["host"]), state_dir=state_dir, check=bool(req["check"]),
                       incident=str(req.get("incident") or ""), who=str(req.get("who") or ""),
                       config=cfg, notifiers=notifiers)
     indices = [int(i) for i in req["indices"] if 0 <= int(i) < len(steps)]
     run = run_steps(steps, indices, ctx, req.get("on_failure", "stop"),
                     list(req.get("undo_log") or []))
     return {"run": run.to_json()}
+
+
+def _notifiers(data: Any) -> dict[str, Any]:
+    if not data:
+        return {}
+    from pydantic import TypeAdapter
+
+    from agent.playbook.models.notifiers import Notifier
+
+    return TypeAdapter(dict[str, Notifier]).validate_python(data)
 
 
 def reconcile(req: dict[str, Any]) -> dict[str, Any]:
