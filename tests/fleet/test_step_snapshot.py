@@ -79,7 +79,8 @@ def test_snapshot_captures_sockets_processes_and_tails(tmp_path, hogs, container
     line = next(ln for ln in ev["sockets"].splitlines() if f"127.0.0.1:{port} " in ln)
     assert line.split()[0] == "LISTEN"
     assert line.split()[-1] == f"{os.getpid()}/{psutil.Process().name()}"
-    assert burn == table(ev["processes"], "busiest by CPU now")[0]
+    # a whole core: among the very busiest (a shared CI machine has other busy processes)
+    assert burn in table(ev["processes"], "busiest by CPU now")[:3]
     assert hold in table(ev["processes"], "busiest by memory (RSS)")
 
     logs = ev["logs"]
