@@ -5,22 +5,11 @@ from __future__ import annotations
 import gzip
 import json
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
-import pytest
 
 from tests.harness.collector import CollectorProc, opsagent
 from tests.harness.reports import alert_report, run_report
-
-
-@pytest.fixture
-def server(db_url: str, tmp_path: Path) -> Iterator[CollectorProc]:
-    proc = CollectorProc(db_url, tmp_path / "server.log").start()
-    try:
-        yield proc
-    finally:
-        proc.stop()
 
 
 def test_ingest_is_idempotent_and_readable_back(server):

@@ -5,18 +5,14 @@ PostgreSQL."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
-import pytest
 import sqlalchemy as sa
 
 from agent.collector import db
 from agent.collector.store import Store
 from agent.fleet.incidents import incident_report
 from agent.report.document import IncidentDoc, utc_iso
-from tests.harness.collector import CollectorProc
 from tests.harness.incidents import sample_incident
 from tests.harness.reports import run_report
 
@@ -28,24 +24,6 @@ def _report(doc, host="ctl01", at=None):
     if at is not None:
         r.created_at = utc_iso(at)
     return r
-
-
-@pytest.fixture
-def store(db_url: str) -> Iterator[Store]:
-    s = Store(db_url)
-    try:
-        yield s
-    finally:
-        s.close()
-
-
-@pytest.fixture
-def server(db_url: str, tmp_path: Path) -> Iterator[CollectorProc]:
-    proc = CollectorProc(db_url, tmp_path / "server.log").start()
-    try:
-        yield proc
-    finally:
-        proc.stop()
 
 
 def test_the_api_lists_incidents_newest_first_and_serves_each(server):

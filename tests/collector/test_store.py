@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 import sqlalchemy as sa
@@ -12,15 +11,6 @@ import sqlalchemy as sa
 from agent.collector import db
 from agent.collector.store import Store, StoreError
 from tests.harness.reports import alert_report, revision_report, run_report
-
-
-@pytest.fixture
-def store(db_url: str) -> Iterator[Store]:
-    s = Store(db_url)
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 def test_a_batch_sent_twice_is_stored_once(store):
