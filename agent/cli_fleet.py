@@ -151,9 +151,10 @@ def _progress(verbose: bool) -> Any:
 
 def cmd_remediate(args: argparse.Namespace) -> int:
     from agent.cli import _agent_config, parse_extra_vars
-    from agent.errors import InputError
-    from agent.fleet.execute import step_dicts
-    from agent.fleet.runbook import bind, check_params, load_runbook
+    from agent.fleet import remediation
+    from agent.fleet.incidents import IncidentStore, record_incident
+    from agent.fleet.orchestrate import FleetRun, run_waves
+    from agent.fleet.runbook import check_params, load_runbook
 
     rb = load_runbook(args.runbook)
     params = check_params(rb, parse_extra_vars(args.extra_vars))
@@ -162,118 +163,37 @@ def cmd_remediate(args: argparse.Namespace) -> int:
     max_fail = (args.max_fail_percentage if args.max_fail_percentage is not None
                 else rb.model.max_fail_percentage)
     hosts = _targets(args, rb.model.hosts)
-    bound: dict[str, list[Any]] = {}
-    errors = []
-    for h in hosts:
-        try:
-            bound[h.name] = bind(rb, params, h.name, h.vars)
-        except InputError as e:
-            errors.extend(e.diagnostics)
-    if errors:
-        raise InputError(errors)
+    bound = remediation.bind_all(rb, params, hosts)  # InputError before anything runs
     cfg = _agent_config(args)
-    from agent.fleet.incidents import IncidentStore, new_incident_id, record_incident
-    from agent.fleet.orchestrate import FleetRun, run_waves
-
-    steps0 = next(iter(bound.values()))
-    doc: dict[str, Any] = {
-        "id": new_incident_id(time.time()),
-        "runbook": {"name": rb.name, "path": rb.path, "revision": rb.revision,
-                    "description": rb.model.description},
-        "title": rb.model.description or rb.name, "by": _who(), "check": bool(args.check),
-        "params": params, "inventory": os.path.abspath(args.inventory) if args.inventory
-        else None, "limit": args.limit, "started_at": None, "finished_at": None,
-        "status": "running", "hosts": [],
-        "steps": [{"index": i, "name": s.title, "action": s.action}
-                  for i, s in enumerate(steps0)],
-        "outcomes": [], "timeline": [], "followups": _followups(rb, params)}
     run = FleetRun(hosts)
-    doc["started_at"] = run.event(f"started by {doc['by']}: {rb.name}"
-                                  f"{' (dry run)' if args.check else ''} on "
-                                  f"{len(hosts)} host{'s' if len(hosts) != 1 else ''}")
-    store = IncidentStore(cfg.state_dir)
-    doc["timeline"] = run.timeline
-    store.save(doc)  # a run that dies still leaves its record
+    doc = remediation.open_incident(
+        rb, params, bound, run, by=_who(), check=bool(args.check),
+        inventory=os.path.abspath(args.inventory) if args.inventory else None,
+        limit=args.limit)
+    IncidentStore(cfg.state_dir).save(doc)  # a run that dies still leaves its record
     print(f"incident {doc['id']}: {rb.name}{' (dry run)' if args.check else ''} on "
           f"{len(hosts)} host{'s' if len(hosts) != 1 else ''}", file=sys.stderr)
-
-    def part(indices: list[int]) -> Any:
-        def request(h: Any) -> dict[str, Any] | None:
-            return {"op": "remediate", "host": h.name, "incident": doc["id"], "who": doc["by"],
-                    "check": bool(args.check), "on_failure": rb.model.on_failure,
-                    "notifiers": {k: v.model_dump(mode="json", exclude_none=True)
-                                  for k, v in rb.model.notifiers.items()},
-                    "steps": step_dicts(bound[h.name]), "indices": indices,
-                    "undo_log": h.undo_log, "state_dir": h.vars.get("opsagent_state_dir")}
-
-        def absorb(h: Any, answer: dict[str, Any]) -> None:
-            from agent.fleet.execute import host_status
-
-            got = answer["run"]
-            for o in got["outcomes"]:
-                o["host"] = h.name
-            h.outcomes.extend(got["outcomes"])
-            h.undo_log = got["undo_log"]
-            h.stopped = bool(got["stopped"])
-            h.status = host_status(h.outcomes)
-            bad = [o for o in h.outcomes
-                   if o["status"] in ("failed", "rolled-back") and not o.get("ignored")]
-            h.message = bad[0]["message"] if bad else ""
-
-        return request, absorb
-
-    parts = []
-    prompt: str | None = None
-    chunk: list[int] = []
-    for i, s in enumerate(steps0):
-        if s.confirm is not None:
-            if chunk:
-                parts.append((prompt, *part(chunk)))
-            prompt, chunk = s.confirm, []
-        else:
-            chunk.append(i)
-    if chunk:
-        parts.append((prompt, *part(chunk)))
     interrupted = False
     try:
         run_waves(run, serial=serial, max_fail_percentage=max_fail, forks=args.forks,
-                  timeout=timeout, connect=_connector(args), parts=parts,
-                  ask=_asker(args, run), progress=_progress(True))
+                  timeout=timeout, connect=_connector(args),
+                  parts=remediation.parts(rb, doc, bound), ask=_asker(args, run),
+                  progress=_progress(True))
     except KeyboardInterrupt:
         interrupted = True
         run.aborted = "interrupted by the operator"
         run.event(run.aborted)
-    doc["finished_at"] = run.event(f"finished{f' ({run.aborted})' if run.aborted else ''}")
-    doc["hosts"] = [{"name": h.name, "status": h.status, "message": h.message} for h in hosts]
-    doc["outcomes"] = sorted((o for h in hosts for o in h.outcomes),
-                             key=lambda o: (o["started_at"], o["host"]))
-    failed = any(h.failed for h in hosts)
-    doc["status"] = ("aborted" if run.aborted else "failed" if failed
-                     else "checked" if args.check else "succeeded")
+    remediation.close_incident(doc, run)
     note = record_incident(doc, cfg.state_dir, cfg)
     if args.json:
         print(json.dumps(doc, indent=2, default=str))
     else:
-        print(render_recap(doc))
+        print(remediation.render_recap(doc))
         print(f"incident {doc['id']}: {doc['status']}; {note}; "
               f"`opsagent incident report {doc['id']}` writes the post-incident report")
     if interrupted:
         return 130
-    return EXIT_FAILED if failed or run.aborted else EXIT_OK
-
-
-def _followups(rb: Any, params: dict[str, Any]) -> list[str]:
-    """The runbook's follow-ups with the run's parameters filled in."""
-    from agent.playbook.templating import has_template, render
-
-    out = []
-    for text in rb.model.followups:
-        try:
-            out.append(str(render(text, {**rb.model.vars, **params})) if has_template(text)
-                       else text)
-        except Exception:  # a follow-up naming a host variable: kept as written
-            out.append(text)
-    return out
+    return EXIT_FAILED if doc["status"] in ("failed", "aborted") else EXIT_OK
 
 
 def _asker(args: argparse.Namespace, run: Any) -> Any:
@@ -294,29 +214,6 @@ def _asker(args: argparse.Namespace, run: Any) -> Any:
         return answer.strip().lower() in ("y", "yes")
 
     return ask
-
-
-def render_recap(doc: dict[str, Any]) -> str:
-    """Per step, each host's outcome; then one line per host (Ansible's PLAY RECAP)."""
-    lines = []
-    names = {s["index"]: s["name"] for s in doc["steps"]}
-    width = max([len(h["name"]) for h in doc["hosts"]] + [4])
-    for o in doc["outcomes"]:
-        status = "ignored" if o.get("ignored") else o["status"]
-        lines.append(f"{o['host']:<{width}}  [{o['step'] + 1}] {names.get(o['step'], '?'):<24.24}"
-                     f"  {status:<12} {o['message']}")
-    lines.append("")
-    lines.append("RECAP")
-    for h in doc["hosts"]:
-        counts: dict[str, int] = {}
-        for o in doc["outcomes"]:
-            if o["host"] == h["name"]:
-                status = "ignored" if o.get("ignored") else o["status"]
-                counts[status] = counts.get(status, 0) + 1
-        tally = "  ".join(f"{k}={v}" for k, v in sorted(counts.items()))
-        why = f"  {h['message']}" if h["status"] in ("unreachable", "skipped") else ""
-        lines.append(f"{h['name']:<{width}}  {h['status']:<12} {tally}{why}".rstrip())
-    return "\n".join(lines)
 
 
 # -- plan / apply over SSH --------------------------------------------------------------------
