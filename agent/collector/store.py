@@ -3,12 +3,13 @@
 Ingest is one transaction per batch: reports are inserted ``ON CONFLICT (id) DO NOTHING``
 and only the ones actually inserted fan out into changes, alerts, the per-resource latest
 status and the host row — a batch sent twice (an agent killed before it saw the answer)
-stores everything once.
+stores everything once. Both backends store the same rows (agent.collector.rows): SQLite
+through SQLAlchemy, PostgreSQL in two round trips of psycopg's pipeline
+(agent.collector.pg_ingest).
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import hmac
 import json
@@ -22,16 +23,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from agent.collector import db
-from agent.report.document import (
-    AlertReport,
-    IncidentReport,
-    Report,
-    ResponseReport,
-    RevisionReport,
-    RunReport,
-    utc_iso,
-)
+from agent.collector import db, pg_ingest
+from agent.collector.rows import HOST_STATUSES, FanOut, Row, fan_out, report_row
+from agent.report.document import Report, utc_iso
 
 HOST_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
 TOKEN_PREFIX = "oat_"
@@ -48,13 +42,6 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def epoch(iso: str) -> float:
-    try:
-        return dt.datetime.fromisoformat(iso).timestamp()
-    except ValueError:
-        return time.time()
-
-
 class Store:
     def __init__(self, url: str) -> None:
         self.engine: Engine = db.make_engine(url)
@@ -65,6 +52,29 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    def open_connections(self, n: int) -> None:
+        """Open ``n`` database sessions now, each having looked up our tables. A burst of
+        requests just after a start otherwise waits for them all at once: new sessions
+        filling their catalog caches while the first batches queue behind them."""
+        if self.dialect != "postgresql":
+            return
+        tables = ", ".join(t.name for t in db.meta.sorted_tables)
+        conns = [self.engine.connect() for _ in range(n)]
+        try:
+            for conn in conns:
+                conn.execute(sa.text(f"SELECT 1 FROM {tables} LIMIT 0"))  # our names only
+        finally:
+            for conn in conns:
+                conn.close()
+
+    def _reader(self) -> Connection:
+        """A connection for one read on every request: on PostgreSQL outside a transaction
+        (one round trip, where BEGIN … ROLLBACK around it made three)."""
+        conn = self.engine.connect()
+        if self.dialect == "postgresql":
+            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+        return conn
 
     def _insert(self, table: sa.Table) -> Any:
         from sqlalchemy.dialects import postgresql, sqlite
@@ -101,7 +111,7 @@ class Store:
 
     def host_of_token(self, token: str) -> str | None:
         h = token_hash(token)
-        with self.engine.connect() as conn:
+        with self._reader() as conn:
             row = conn.execute(sa.select(db.tokens.c.host, db.tokens.c.hash)
                                .where(db.tokens.c.hash == h,
                                       db.tokens.c.revoked_at.is_(None))).first()
@@ -119,7 +129,7 @@ class Store:
         inner_dups = len(batch) - len(unique)
         batch = unique
         now = time.time()
-        rows = [_report_row(r, now) for r in batch]
+        rows = [report_row(r, now) for r in batch]
         if self._write_lock is None:
             accepted, dups = self._ingest(host, batch, rows, now)
         else:
@@ -127,80 +137,54 @@ class Store:
                 accepted, dups = self._ingest(host, batch, rows, now)
         return accepted, dups + inner_dups
 
-    def _ingest(self, host: str, batch: Sequence[Report], rows: list[dict[str, Any]],
+    def _ingest(self, host: str, batch: Sequence[Report], rows: list[Row],
                 now: float) -> tuple[int, int]:
-        with self.engine.begin() as conn:
-            if self.dialect == "postgresql":
-                new = set(_pg_bulk(conn, db.reports, rows,
-                                   "ON CONFLICT (id) DO NOTHING RETURNING id").scalars())
-            else:
+        if self.dialect == "postgresql":
+            new = self._ingest_pg(host, batch, rows, now)
+        else:
+            with self.engine.begin() as conn:
                 stmt = (self._insert(db.reports).on_conflict_do_nothing(index_elements=["id"])
                         .returning(db.reports.c.id))
                 new = {r for (r,) in conn.execute(stmt, rows)}
-            fresh = [r for r in batch if r.id in new]
-            if fresh:
-                self._fan_out(conn, host, fresh, now)
+                fresh = [r for r in batch if r.id in new]
+                if fresh:
+                    self._write_fan_out(conn, fan_out(host, fresh, now))
         return len(new), len(batch) - len(new)
 
-    def _fan_out(self, conn: Connection, host: str, fresh: list[Report], now: float) -> None:
-        change_rows: list[dict[str, Any]] = []
-        latest: dict[tuple[str, str], dict[str, Any]] = {}
-        alert_rows: list[dict[str, Any]] = []
-        block_rows: list[dict[str, Any]] = []
-        incident_rows: dict[str, dict[str, Any]] = {}
-        revision = None
-        for r in sorted(fresh, key=lambda r: r.created_at, reverse=True):  # newest first
-            at = epoch(r.created_at)
-            if isinstance(r, IncidentReport):
-                incident_rows.setdefault(r.incident.id, _incident_row(r))  # its newest
-            elif isinstance(r, RunReport):
-                for res in r.results:
-                    if r.mode == "apply" and (res.kind, res.name) not in latest:
-                        latest[(res.kind, res.name)] = {
-                            "host": host, "kind": res.kind, "name": res.name,
-                            "playbook": r.playbook.name, "status": res.status,
-                            "message": res.message[:2000], "at": at}
-                    change_rows.extend(
-                        {"report_id": r.id, "host": host, "kind": res.kind, "name": res.name,
-                         "field": c.field[:64], "label": c.label or "corrective", "at": at}
-                        for c in res.changes)
-            elif isinstance(r, AlertReport):
-                alert_rows.append({"report_id": r.id, "host": host, "key": r.alert.key,
-                                   "severity": r.alert.severity, "message": r.alert.message,
-                                   "at": at})
-            elif isinstance(r, RevisionReport) and revision is None:
-                revision = r.revision.id
-            elif isinstance(r, ResponseReport) and r.response.fleet is not None:
-                share = r.response.fleet
-                block_rows.extend({"report_id": r.id, "grp": share.group, "addr": b.addr,
-                                   "until": b.until, "origin": host,
-                                   "rule": r.response.watch[:255],
-                                   "reason": f"{r.response.matches} matches for "
-                                             f"{r.response.key[:100]} on {host}"}
-                                  for b in share.blocks)
-        if block_rows:
-            conn.execute(db.fleet_blocks.insert(), sorted(block_rows, key=lambda b: b["until"]))
-        if self.dialect == "postgresql":
-            _pg_bulk(conn, db.changes, change_rows)
-            _pg_bulk(conn, db.alerts, alert_rows)
-            _pg_bulk(conn, db.resources, list(latest.values()), _RESOURCE_UPSERT)
-        else:
-            if change_rows:
-                conn.execute(db.changes.insert(), change_rows)
-            if alert_rows:
-                conn.execute(db.alerts.insert(), alert_rows)
-        if latest and self.dialect != "postgresql":
+    def _ingest_pg(self, host: str, batch: Sequence[Report], rows: list[Row],
+                   now: float) -> set[str]:
+        import psycopg
+
+        raw = self.engine.raw_connection()
+        pg: Any = raw.driver_connection  # psycopg.Connection
+        try:
+            return pg_ingest.store_batch(pg, batch, rows, lambda fresh: fan_out(host, fresh, now))
+        except psycopg.Error as e:  # as SQLAlchemy would have raised it
+            if pg.closed:  # the server went away: so did the others in the pool
+                self.engine.pool.dispose()
+            raise sa.exc.DBAPIError.instance(None, None, e, psycopg.Error) from None
+        finally:
+            if pg.closed or pg.autocommit:  # left in an unknown state
+                raw.invalidate()
+            raw.close()
+
+    def _write_fan_out(self, conn: Connection, fo: FanOut) -> None:
+        if fo.blocks:
+            conn.execute(db.fleet_blocks.insert(), fo.blocks)
+        if fo.changes:
+            conn.execute(db.changes.insert(), fo.changes)
+        if fo.alerts:
+            conn.execute(db.alerts.insert(), fo.alerts)
+        if fo.resources:
             ins = self._insert(db.resources)
             conn.execute(ins.on_conflict_do_update(
                 index_elements=["host", "kind", "name"],
                 set_={c: ins.excluded[c] for c in ("playbook", "status", "message", "at")},
-                where=db.resources.c.at <= ins.excluded.at), list(latest.values()))
-        if incident_rows:
-            self._upsert_incidents(conn, list(incident_rows.values()))
-        managed = [r for r in fresh if not isinstance(r, IncidentReport)]
-        if managed:  # a controller that only sends incident records is not a managed host
-            self._upsert_host(conn, host, now, revision,
-                              max(managed, key=lambda r: r.created_at).agent_version)
+                where=db.resources.c.at <= ins.excluded.at), fo.resources)
+        if fo.incidents:
+            self._upsert_incidents(conn, fo.incidents)
+        if fo.host is not None:
+            self._upsert_host(conn, fo.host)
 
     def _upsert_incidents(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
         """A newer version of an incident replaces an older one; only the controller that
@@ -213,17 +197,14 @@ class Store:
             where=sa.and_(t.host == ins.excluded.host, t.updated <= ins.excluded.updated)),
             rows)
 
-    def _upsert_host(self, conn: Connection, host: str, now: float, revision: str | None,
-                     version: str) -> None:
+    def _upsert_host(self, conn: Connection, row: Row) -> None:
         ins = self._insert(db.hosts)
-        values = {"name": host, "first_seen": now, "last_seen": now, "agent_version": version,
-                  "revision": revision}
         update = {"last_seen": ins.excluded.last_seen,
                   "agent_version": ins.excluded.agent_version}
-        if revision is not None:
+        if row["revision"] is not None:
             update["revision"] = ins.excluded.revision
-        conn.execute(ins.values(**values).on_conflict_do_update(index_elements=["name"],
-                                                                set_=update))
+        conn.execute(ins.values(**row).on_conflict_do_update(index_elements=["name"],
+                                                             set_=update))
 
     # --- reading --------------------------------------------------------------------------
 
@@ -357,51 +338,6 @@ class Store:
             return {t.name: int(conn.execute(sa.select(sa.func.count()).select_from(t))
                                 .scalar_one())
                     for t in (db.hosts, db.reports, db.alerts)}
-
-
-_PG_TYPES = {sa.Float: "float8", sa.Integer: "int8", sa.String: "text", sa.Text: "text"}
-_RESOURCE_UPSERT = ("ON CONFLICT (host, kind, name) DO UPDATE SET playbook = excluded.playbook, "
-                    "status = excluded.status, message = excluded.message, at = excluded.at "
-                    "WHERE resources.at <= excluded.at")
-
-
-def _pg_bulk(conn: Connection, table: sa.Table, rows: list[dict[str, Any]],
-             tail: str = "") -> Any:
-    """One INSERT … SELECT FROM unnest(arrays) for many rows: a fixed statement (prepared
-    once) and one round trip, where a multi-row VALUES list is re-parsed every time. Table
-    and column names come from our schema; every value travels as a bound parameter."""
-    if not rows:
-        return None
-    cols = list(rows[0])
-    arrays = {f"c{i}": [r[c] for r in rows] for i, c in enumerate(cols)}
-    casts = ", ".join(f"%(c{i})b::{_PG_TYPES[type(table.c[c].type)]}[]"
-                      for i, c in enumerate(cols))
-    sql = (f"INSERT INTO {table.name} ({', '.join(cols)}) SELECT * FROM unnest({casts}) "
-           + tail)
-    return conn.exec_driver_sql(sql, arrays)
-
-
-def _report_row(r: Report, now: float) -> dict[str, Any]:
-    run = r if isinstance(r, RunReport) else None
-    return {"id": r.id, "host": r.host, "type": r.type, "created": epoch(r.created_at),
-            "received": now, "playbook": run.playbook.name if run else None,
-            "mode": run.mode if run else None,
-            "changed": run.summary.changed if run else 0,
-            "failed": run.summary.failed if run else 0,
-            "body": r.model_dump_json()}
-
-
-HOST_STATUSES = ("ok", "changed", "failed", "unreachable", "skipped", "would-change")
-
-
-def _incident_row(r: IncidentReport) -> dict[str, Any]:
-    inc = r.incident
-    counts = {s: sum(1 for h in inc.hosts if h.status == s) for s in HOST_STATUSES}
-    return {"id": inc.id, "report_id": r.id, "host": r.host, "runbook": inc.runbook.name,
-            "title": inc.title, "operator": inc.by, "dry_run": int(inc.check),
-            "status": inc.status, "started": epoch(inc.started_at),
-            "finished": epoch(inc.finished_at) if inc.finished_at else None,
-            "updated": epoch(r.created_at), "counts": json.dumps(counts)}
 
 
 def _incident_summary(row: Any) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import sqlalchemy as sa
 
 from agent.collector import db
 from agent.collector.store import Store, StoreError
+from agent.report.document import FleetShare, ResponseDoc, ResponseReport, SharedBlock
 from tests.harness.reports import alert_report, revision_report, run_report
 
 
@@ -23,6 +24,20 @@ def test_a_batch_sent_twice_is_stored_once(store):
     assert len(store.timeline("web01")) == 1  # changes fanned out once, not per attempt
     (host,) = store.hosts(stale_after=300)
     assert host["revision"] == "rev2" and host["drift_24h"] == 1
+
+
+def test_shared_blocks_are_stored_once_in_the_order_they_end(store):
+    now = time.time()
+    blocks = [SharedBlock(addr=f"203.0.113.{i}", until=now + 600 - i * 100) for i in range(3)]
+    r = ResponseReport(host="web01", agent_version="test", response=ResponseDoc(
+        watch="ssh", playbook="web", key="203.0.113.0", matches=5, within_s=60,
+        fleet=FleetShare(group="web", blocks=blocks)))
+    assert store.ingest("web01", [r]) == (1, 0)
+    assert store.ingest("web01", [r]) == (0, 1)
+    got = store.fleet_blocks("web", 0, "db01")
+    assert [b["addr"] for b in got] == ["203.0.113.2", "203.0.113.1", "203.0.113.0"]
+    assert [b["seq"] for b in got] == sorted(b["seq"] for b in got)
+    assert store.fleet_blocks("web", 0, "web01")[0]["skip"]  # its own, not sent back
 
 
 def test_a_report_twice_in_one_batch_counts_as_a_duplicate(store):
@@ -132,3 +147,64 @@ def test_two_processes_migrating_a_fresh_sqlite_file_at_once_both_succeed(tmp_pa
     for p in procs:
         _, err = p.communicate(timeout=60)
         assert p.returncode == 0, err.decode()
+
+
+def test_a_batch_that_fails_midway_stores_nothing_and_the_next_one_is_stored(store,
+                                                                            monkeypatch):
+    from agent.collector import rows
+
+    real = rows.fan_out
+
+    def broken(host, fresh, now):  # a NOT NULL column left empty: the fan-out fails
+        out = real(host, fresh, now)
+        out.changes[0]["kind"] = None
+        return out
+
+    batch = [run_report("web01", [("files", "/etc/a", "changed", "corrective")])]
+    monkeypatch.setattr("agent.collector.store.fan_out", broken)
+    with pytest.raises(sa.exc.IntegrityError):
+        store.ingest("web01", batch)
+    assert store.counts()["reports"] == 0
+    monkeypatch.setattr("agent.collector.store.fan_out", real)
+    for _ in range(20):  # every pooled connection is back in a usable, transactional state
+        assert store.ingest("web01", batch) in ((1, 0), (0, 1))
+    assert store.counts() == {"hosts": 1, "reports": 1, "alerts": 0}
+    assert len(store.timeline("web01")) == 1
+
+
+def test_a_connection_lost_between_batches_fails_one_batch_at_most(postgres):
+    store = Store(postgres.new_database())
+    try:
+        threads = [threading.Thread(target=store.ingest, args=("web01", [run_report("web01")]))
+                   for _ in range(4)]  # several connections in the pool
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        with store.engine.connect() as conn:  # what a database restart does to the pool
+            conn.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                 "WHERE datname = current_database() "
+                                 "AND pid <> pg_backend_pid()"))
+        failed = 0
+        for _ in range(4):
+            try:
+                store.ingest("web01", [run_report("web01")])
+            except sa.exc.OperationalError:
+                failed += 1
+        assert failed <= 1 and store.counts()["reports"] == 8 - failed
+    finally:
+        store.close()
+
+
+def test_a_worker_opens_its_database_sessions_before_the_first_request(postgres):
+    store = Store(postgres.new_database())
+    try:
+        store.open_connections(4)
+        assert store.engine.pool.checkedin() >= 4
+        with store.engine.connect() as conn:
+            sessions = conn.execute(sa.text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            )).scalar_one()
+        assert sessions >= 4
+    finally:
+        store.close()
