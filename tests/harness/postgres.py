@@ -23,7 +23,11 @@ def _bin(name: str) -> str:
 
 
 class Postgres:
-    def __init__(self) -> None:
+    def __init__(self, settings: dict[str, str] | None = None) -> None:
+        """``settings``: server settings over the small test defaults (a bench passes a
+        production configuration)."""
+        self.settings = {"max_connections": "200", "shared_buffers": "128MB",
+                         **(settings or {})}
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="opsagent-pg-")
         self.data = os.path.join(self.dir, "data")
@@ -42,8 +46,8 @@ class Postgres:
         os.chown(self.dir, self.user.pw_uid, self.user.pw_gid)
         self._as_postgres(_bin("initdb"), "-D", self.data, "-U", "postgres", "--auth=trust",
                           "-E", "UTF8", "--no-instructions")
-        opts = (f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 "
-                "-c max_connections=200 -c shared_buffers=128MB")
+        opts = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 " + " ".join(
+            f"-c {k}={v}" for k, v in self.settings.items())
         self._as_postgres(_bin("pg_ctl"), "-D", self.data, "-l",
                           os.path.join(self.dir, "log"), "-o", opts, "-w", "start")
         return self
