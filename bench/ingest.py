@@ -4,7 +4,9 @@ Starts PostgreSQL (its own data directory, Debian's package) and/or a SQLite fil
 `opsagent server` on each, and N simulated agents (separate processes) posting gzipped
 batches of realistic run reports with their own host tokens, as fast as the server answers.
 Every report is unique; at the end the stored count is checked against what was sent.
-Prints RESULT lines: reports/s and request latency p50/p99, medians over --runs.
+Prints RESULT lines: reports/s and request latency p50/p99, medians over --runs, and how
+much of the machine's CPU other processes took meanwhile (it is shared: what they take
+shows in the latency, and a figure means little without it).
 
 PostgreSQL runs as production would on this machine (PG_SETTINGS: memory sized for it,
 checkpoints spread out), durable as shipped: fsync, full_page_writes and
@@ -19,6 +21,7 @@ import argparse
 import gzip
 import json
 import multiprocessing as mp
+import os
 import statistics
 import sys
 import time
@@ -85,7 +88,39 @@ def agent(url: str, token: str, bodies: list[bytes], interval: float, start: flo
     q.put(("ok", lat))
 
 
-def one_run(db: str, args: argparse.Namespace, log: Path) -> tuple[float, float, float]:
+def _busy() -> tuple[int, int]:
+    """(busy, all) clock ticks of the whole machine so far."""
+    with open("/proc/stat") as f:
+        ticks = [int(v) for v in f.readline().split()[1:]]
+    return sum(ticks) - ticks[3] - ticks[4], sum(ticks)  # idle and iowait are not busy
+
+
+def _ticks_of(roots: list[int]) -> int:
+    """CPU clock ticks used so far by ``roots`` and all their descendants."""
+    parent, ticks = {}, {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        parent[int(pid)] = int(fields[1])
+        ticks[int(pid)] = int(fields[11]) + int(fields[12])
+    ours = set(roots)
+    for pid in parent:  # walk up from each process until one of ours or the top
+        chain, up = [], pid
+        while up not in ours and up in parent and len(chain) < 64:
+            chain.append(up)
+            up = parent[up]
+        if up in ours:
+            ours.update(chain)
+    return sum(ticks.get(pid, 0) for pid in ours)
+
+
+def one_run(db: str, args: argparse.Namespace, log: Path, roots: list[int]
+            ) -> tuple[float, float, float, float]:
+    """reports/s, p50, p99, and the share of the machine's CPU that processes other than
+    ours (``roots``: this bench and PostgreSQL; the collector; the agents) took."""
     server = CollectorProc(db, log, workers=args.workers).start()
     try:
         tokens = [server.token(f"bench{i:03d}") for i in range(args.agents)]
@@ -98,6 +133,9 @@ def one_run(db: str, args: argparse.Namespace, log: Path) -> tuple[float, float,
         procs = [mp.Process(target=agent, args=(server.url, tokens[i], work[i], interval,
                                                 start + i * interval / args.agents, q))
                  for i in range(args.agents)]
+        roots = [*roots, server.proc.pid] if server.proc else roots
+        busy0, all0 = _busy()
+        ours0 = _ticks_of(roots)
         t0 = time.perf_counter()
         for p in procs:
             p.start()
@@ -108,16 +146,21 @@ def one_run(db: str, args: argparse.Namespace, log: Path) -> tuple[float, float,
                 raise SystemExit(f"ingest failed: {value}")
             lats.extend(value)
         elapsed = time.perf_counter() - t0 - (1.0 if interval else 0.0)
+        ours = _ticks_of(roots) - ours0  # the agents are done but not reaped: still counted
+        busy, every = (b - a for a, b in zip((busy0, all0), _busy(), strict=True))
         for p in procs:
             p.join()
         sent = per_agent * args.batch * args.agents
-        stored = sum(len(server.get(f"/api/v1/hosts/bench{i:03d}/reports?limit=1"))
-                     for i in range(args.agents))
-        if stored != args.agents:
-            raise SystemExit("not every agent's reports were stored")
+        from agent.collector.store import Store
+
+        store = Store(db)
+        stored = store.counts()["reports"]
+        store.close()
+        if stored != sent:
+            raise SystemExit(f"{sent} reports sent, {stored} stored")
         lats.sort()
         p99 = lats[min(len(lats) - 1, int(len(lats) * 0.99))]
-        return sent / elapsed, statistics.median(lats), p99
+        return sent / elapsed, statistics.median(lats), p99, max(0, busy - ours) / every
     finally:
         server.stop()
 
@@ -141,19 +184,22 @@ def main() -> int:
     pg = None
     try:
         for backend in args.backends.split(","):
-            rates, p50s, p99s = [], [], []
+            rates, p50s, p99s, others = [], [], [], []
             for run in range(args.runs):
                 if backend == "postgresql":
                     pg = pg or Postgres(PG_SETTINGS).start()
                     db = pg.new_database()
                 else:
                     db = str(tmp / f"run{run}.db")
-                rate, p50, p99 = one_run(db, args, tmp / f"{backend}{run}.log")
+                roots = [os.getpid()] + ([pg.pid()] if backend == "postgresql" and pg else [])
+                rate, p50, p99, other = one_run(db, args, tmp / f"{backend}{run}.log", roots)
                 print(f"# {backend} run {run}: {rate:.0f} reports/s, p50 {p50 * 1000:.1f} ms, "
-                      f"p99 {p99 * 1000:.1f} ms", file=sys.stderr, flush=True)
+                      f"p99 {p99 * 1000:.1f} ms; other processes took {other:.0%} of the CPU",
+                      file=sys.stderr, flush=True)
                 rates.append(rate)
                 p50s.append(p50)
                 p99s.append(p99)
+                others.append(other)
             common = (f"runs={args.runs} rate={args.rate:g} agents={args.agents} "
                       f"batch={args.batch} "
                       f"reports={args.reports} workers={args.workers}")
@@ -164,6 +210,9 @@ def main() -> int:
                 print(f"RESULT scenario=ingest backend={backend} metric={name}_median "
                       f"value={statistics.median(vals) * 1000:.1f} unit=ms "
                       f"min={min(vals) * 1000:.1f} max={max(vals) * 1000:.1f} {common}")
+            print(f"RESULT scenario=ingest backend={backend} metric=other_cpu_median "
+                  f"value={statistics.median(others) * 100:.0f} unit=% "
+                  f"min={min(others) * 100:.0f} max={max(others) * 100:.0f} {common}")
     finally:
         if pg:
             pg.stop()

@@ -58,6 +58,11 @@ class Postgres:
         finally:
             shutil.rmtree(self.dir, ignore_errors=True)
 
+    def pid(self) -> int:
+        """The postmaster's process id."""
+        with open(os.path.join(self.data, "postmaster.pid")) as f:
+            return int(f.readline())
+
     def url(self, db: str = "postgres") -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{db}"
 
