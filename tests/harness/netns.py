@@ -16,6 +16,7 @@ being blocked are not this machine's own, which the guard rightly refuses to blo
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 import shutil
@@ -86,7 +87,10 @@ class Netns:
         self.fw4, self.fw6 = f"10.231.{n}.254", f"fd00:231:{n:x}::fe"
         self.fw_back4, self.fw_back6 = f"10.232.{n}.1", f"fd00:232:{n:x}::1"
         self.backend4, self.backend6 = f"10.232.{n}.2", f"fd00:232:{n:x}::2"
-        self.net4, self.net6 = f"10.231.{n}", f"fd00:231:{n:x}"  # prefixes for test CIDRs
+        # prefixes for test CIDRs, written as the kernel and ipaddress write them back
+        # (fd00:231:0:: is fd00:231::)
+        self.net4 = f"10.231.{n}"
+        self.net6 = str(ipaddress.IPv6Address(f"fd00:231:{n:x}::")).removesuffix("::")
         self.port = PORT
         self.nft_argv = ["ip", "netns", "exec", self.fw, "nft"]
         self.ip_argv = ["ip", "netns", "exec", self.fw, "ip"]
