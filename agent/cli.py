@@ -26,6 +26,11 @@ EXIT_OK, EXIT_INTERNAL, EXIT_INPUT, EXIT_DRIFT, EXIT_FAILED = 0, 1, 2, 3, 4
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if (sys.argv[1:] if argv is None else list(argv)) == ["fleet-exec"]:
+        # A fleet run's request, often handed straight to the agent service: no parser.
+        from agent.fleet.remote import main as fleet_exec
+
+        return fleet_exec()
     parser = _parser()
     args = parser.parse_args(argv)
     if not getattr(args, "verb", None):

@@ -253,7 +253,7 @@ def cmd_fleet_reconcile(args: argparse.Namespace) -> int:
     """plan / apply [--check] of local playbooks on the inventory's hosts."""
     from agent.cli import _load_all, parse_extra_vars
     from agent.errors import InputError
-    from agent.fleet.orchestrate import FleetRun, run_waves
+    from agent.fleet.orchestrate import FleetRun, run_waves, where
     from agent.inventory import load_inventory
     from agent.playbook import load_playbook
 
@@ -285,8 +285,7 @@ def cmd_fleet_reconcile(args: argparse.Namespace) -> int:
 
     def request(h: Any) -> dict[str, Any]:
         return {"op": mode, "host": h.name, "extra_vars": _host_vars(h, extra),
-                "playbooks": [shipped[n] for n in wanted[h.name]],
-                "state_dir": h.vars.get("opsagent_state_dir")}
+                "playbooks": [shipped[n] for n in wanted[h.name]], **where(h)}
 
     def absorb(h: Any, answer: dict[str, Any]) -> None:
         h.answer = answer
@@ -306,6 +305,7 @@ def cmd_fleet_reconcile(args: argparse.Namespace) -> int:
               ask=lambda prompt: True, progress=_progress(args.verbose))
     if args.json:
         print(json.dumps({"hosts": [{"name": h.name, "status": h.status, "message": h.message,
+                                     "served_by": h.served_by or None,
                                      "reports": h.answer.get("reports", [])} for h in hosts],
                           "timeline": run.timeline}, indent=2, default=str))
     else:

@@ -174,7 +174,9 @@ def render_text(doc: dict[str, Any]) -> str:
     out += ["", f"hosts ({hosts_line(doc)})"]
     width = max([len(str(h.get("name"))) for h in doc.get("hosts") or []] or [4])
     out += [f"  {h.get('name', '?'):<{width}}  {h.get('status', '?'):<12}  "
-            f"{_one_line(h.get('message', ''))}" for h in doc.get("hosts") or []]
+            f"{_one_line(h.get('message', ''))}"
+            + (f"  [ran in the {h['served_by']}]" if str(h.get("served_by", "")).startswith(
+                "agent service") else "") for h in doc.get("hosts") or []]
     outcomes = doc.get("outcomes") or []
     for s in sorted(doc.get("steps") or [], key=lambda s: s.get("index", 0)):
         out += ["", f"step {s.get('index', 0) + 1}: {s.get('name')} ({s.get('action')})"]

@@ -75,6 +75,7 @@ class HostState:
     outcomes: list[dict[str, Any]] = field(default_factory=list)
     undo_log: list[dict[str, Any]] = field(default_factory=list)
     stopped: bool = False  # no further parts run on it
+    served_by: str = ""  # what ran the last part there: "process" or "agent service (pid N)"
     answer: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -166,6 +167,7 @@ def _one(h: HostState, request: Part, absorb: Absorb, connect: Connect, timeout:
         h.status, h.message, h.stopped = "unreachable", str(e), True
         progress(h, "unreachable")
         return
+    h.served_by = str(answer.get("served_by") or "")
     if not answer.get("ok"):
         h.status, h.stopped = "failed", True
         h.message = f"the agent there refused the request: {answer.get('error')}"
@@ -173,6 +175,16 @@ def _one(h: HostState, request: Part, absorb: Absorb, connect: Connect, timeout:
         return
     absorb(h, answer)
     progress(h, h.status)
+
+
+def where(h: HostState) -> dict[str, Any]:
+    """The request fields every part carries from the host's variables: the agent's state
+    directory (``opsagent_state_dir``) and whether its agent service may run the part
+    (``opsagent_agent_service``, default true; false, no, off or 0 turn it off)."""
+    use = h.vars.get("opsagent_agent_service", True)
+    if isinstance(use, str):
+        use = use.strip().lower() not in ("false", "no", "off", "0", "")
+    return {"state_dir": h.vars.get("opsagent_state_dir"), "agent_service": bool(use)}
 
 
 # -- transports ------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from agent.fleet.orchestrate import FleetRun, HostState
+from agent.fleet.orchestrate import FleetRun, HostState, where
 from agent.fleet.runbook import LoadedRunbook
 
 
@@ -68,8 +68,7 @@ def parts(rb: LoadedRunbook, doc: dict[str, Any], bound: dict[str, list[Any]]
             return {"op": "remediate", "host": h.name, "incident": doc["id"], "who": doc["by"],
                     "check": doc["check"], "on_failure": rb.model.on_failure,
                     "notifiers": notifiers, "steps": step_dicts(bound[h.name]),
-                    "indices": indices, "undo_log": h.undo_log,
-                    "state_dir": h.vars.get("opsagent_state_dir")}
+                    "indices": indices, "undo_log": h.undo_log, **where(h)}
 
         return request, _absorb
 
@@ -107,7 +106,8 @@ def _absorb(h: HostState, answer: dict[str, Any]) -> None:
 def close_incident(doc: dict[str, Any], run: FleetRun) -> None:
     """Hosts, outcomes in time order, and the run's status, once the waves are over."""
     doc["finished_at"] = run.event(f"finished{f' ({run.aborted})' if run.aborted else ''}")
-    doc["hosts"] = [{"name": h.name, "status": h.status, "message": h.message}
+    doc["hosts"] = [{"name": h.name, "status": h.status, "message": h.message,
+                     **({"served_by": h.served_by} if h.served_by else {})}
                     for h in run.hosts]
     doc["outcomes"] = sorted((o for h in run.hosts for o in h.outcomes),
                              key=lambda o: (o["started_at"], o["host"]))

@@ -13,6 +13,13 @@ verb, so no data ever passes through a shell. Requests:
      "state_dir": DIR | null}
         -> {"ok": true, "exit": code, "reports": [run report, ...]}
 
+Every answer says what ran it (``served_by``): when the host's agent service listens on
+``STATE_DIR/fleet.sock`` (agent.fleet.service_socket), the request is handed to it and it runs
+the steps, with everything imported already; otherwise, or when the request says
+``"agent_service": false`` (the host variable ``opsagent_agent_service: false``), this process
+runs them. Steps the service runs are inside its unit's sandbox (packaging/opsagent.service),
+as its playbooks' actions are.
+
 The run reports of plan and apply also go into this host's outbox, so its agent delivers them
 to the collector with its own token. A request this side cannot read is answered
 {"ok": false, "error": "..."} with exit status 2.
@@ -52,20 +59,109 @@ def _config(state_dir: str | None) -> Any:
 
 
 def main() -> int:
+    """Read the request; the host's agent service answers it when one listens
+    (agent.fleet.service_socket), else this process does."""
     raw = sys.stdin.buffer.read(MAX_REQUEST + 1)
     try:
-        if len(raw) > MAX_REQUEST:
-            raise ValueError(f"the request is over {MAX_REQUEST >> 20} MiB")
-        req = json.loads(raw)
-        if not isinstance(req, dict) or req.get("op") not in ("remediate", "plan", "apply",
-                                                              "check"):
-            raise ValueError("expected a JSON object with op: remediate, plan, apply or check")
-        answer = remediate(req) if req["op"] == "remediate" else reconcile(req)
-    except (ValueError, KeyError, TypeError, binascii.Error) as e:
-        _write({"ok": False, "error": f"{type(e).__name__}: {e}", "version": __version__})
+        req = parse(raw)
+    except ValueError as e:
+        _write(_refusal(e))
         return 2
-    _write({**answer, "ok": True, "version": __version__})
-    return 0
+    if req.get("agent_service", True) is not False:
+        answer = _ask_service(raw, req)
+        if answer is not None:
+            sys.stdout.buffer.write(answer)
+            sys.stdout.flush()
+            try:
+                ok = json.loads(answer).get("ok") is True
+            except (ValueError, AttributeError):
+                ok = False
+            return 0 if ok else 2
+    doc, code = handle(req, served_by="process")
+    _write(doc)
+    return code
+
+
+def parse(raw: bytes) -> dict[str, Any]:
+    """The request, or ValueError saying what is wrong with it."""
+    if len(raw) > MAX_REQUEST:
+        raise ValueError(f"the request is over {MAX_REQUEST >> 20} MiB")
+    req = json.loads(raw)
+    if not isinstance(req, dict) or req.get("op") not in ("remediate", "plan", "apply",
+                                                          "check"):
+        raise ValueError("expected a JSON object with op: remediate, plan, apply or check")
+    return req
+
+
+def handle(req: dict[str, Any], cfg: Any = None, *, served_by: str
+           ) -> tuple[dict[str, Any], int]:
+    """The answer to a parsed request and fleet-exec's exit status; ``cfg`` is the agent
+    service's config when it handles the request, else read here."""
+    try:
+        answer = remediate(req, cfg) if req["op"] == "remediate" else reconcile(req, cfg)
+    except (ValueError, KeyError, TypeError, binascii.Error) as e:
+        return _refusal(e), 2
+    return {**answer, "ok": True, "version": __version__, "served_by": served_by}, 0
+
+
+def serve(raw: bytes, cfg: Any, peer: int) -> bytes:
+    """The agent service's side of the fleet socket: one raw request from process ``peer``,
+    one raw answer; both ends logged."""
+    import logging
+    import time
+
+    log = logging.getLogger("opsagent.fleet")
+    try:
+        req = parse(raw)
+    except ValueError as e:
+        log.warning("fleet request from pid %d refused: %s", peer, e)
+        return json.dumps(_refusal(e)).encode()
+    what = (f"{req['op']}{' --check' if req.get('check') else ''}"
+            + (f" for incident {req.get('incident')} by {req.get('who')}"
+               if req["op"] == "remediate" else ""))
+    log.info("fleet request from pid %d: %s", peer, what)
+    t0 = time.monotonic()
+    doc, _ = handle(req, cfg, served_by=f"agent service (pid {os.getpid()})")
+    log.info("fleet request from pid %d: %s answered in %.2fs%s", peer, what,
+             time.monotonic() - t0, "" if doc["ok"] else f": {doc['error']}")
+    return json.dumps(doc, default=str).encode()
+
+
+def _refusal(e: Exception) -> dict[str, Any]:
+    return {"ok": False, "error": f"{type(e).__name__}: {e}", "version": __version__}
+
+
+def _ask_service(raw: bytes, req: dict[str, Any]) -> bytes | None:
+    """The agent service's answer, None when no service took the request."""
+    from agent.fleet.service_socket import ask, socket_path
+
+    answer = ask(socket_path(_state_dir(req)), raw)
+    if answer == b"":
+        return json.dumps(_refusal(RuntimeError(
+            "the agent service ended the connection without answering; the steps may have "
+            "run in part: see its log"))).encode()
+    return answer
+
+
+def _state_dir(req: dict[str, Any]) -> str:
+    """The state directory whose agent would handle ``req``: the request's, else the agent
+    config's (read as load_config resolves it, without validating the rest), else the
+    default."""
+    if req.get("state_dir"):
+        return str(req["state_dir"])
+    if os.path.exists(DEFAULT_CONFIG):
+        import yaml
+
+        try:
+            with open(DEFAULT_CONFIG, encoding="utf-8") as fh:
+                doc = yaml.load(fh, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        except (OSError, yaml.YAMLError):
+            doc = None
+        configured = doc.get("state_dir") if isinstance(doc, dict) else None
+        if isinstance(configured, str) and configured:
+            return os.path.join(os.path.dirname(os.path.abspath(DEFAULT_CONFIG)), configured)
+        return "/var/lib/opsagent"  # AgentConfig's default, as the service has it
+    return _default_state_dir()
 
 
 def _write(doc: dict[str, Any]) -> None:
@@ -73,13 +169,14 @@ def _write(doc: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-def remediate(req: dict[str, Any]) -> dict[str, Any]:
+def remediate(req: dict[str, Any], cfg: Any = None) -> dict[str, Any]:
     from agent.fleet.execute import run_steps, steps_of
     from agent.fleet.steps.base import StepContext
 
     # Without an agent config the defaults apply; the steps that need it (block_ip) build
     # them, so the common case does not pay for the config's validators.
-    cfg = _config(req.get("state_dir")) if os.path.exists(DEFAULT_CONFIG) else None
+    if cfg is None and os.path.exists(DEFAULT_CONFIG):
+        cfg = _config(req.get("state_dir"))
     state_dir = cfg.state_dir if cfg else req.get("state_dir") or _default_state_dir()
     steps = steps_of(req["steps"])
     notifiers = _notifiers(req.get("notifiers"))
@@ -102,7 +199,7 @@ def _notifiers(data: Any) -> dict[str, Any]:
     return TypeAdapter(dict[str, Notifier]).validate_python(data)
 
 
-def reconcile(req: dict[str, Any]) -> dict[str, Any]:
+def reconcile(req: dict[str, Any], cfg: Any = None) -> dict[str, Any]:
     """plan / apply / check of the playbooks the controller sent, on this host."""
     from agent.engine import report_of, run_playbook
     from agent.errors import InputError
@@ -110,7 +207,7 @@ def reconcile(req: dict[str, Any]) -> dict[str, Any]:
     from agent.providers.base import ProviderContext
     from agent.report.document import PlaybookRef
 
-    cfg = _config(req.get("state_dir"))
+    cfg = cfg or _config(req.get("state_dir"))
     mode = req["op"]
     work = tempfile.mkdtemp(prefix="opsagent-fleet-")
     reports: list[dict[str, Any]] = []

@@ -212,6 +212,10 @@ class IncidentHost(_Doc):
                                "unreachable: no SSH connection; would-change: a dry run "
                                "found work to do.")
     message: str
+    served_by: str | None = Field(None, max_length=128, description="What ran the steps "
+                                  "there: the host's agent service (agent service (pid N)), "
+                                  "or a process of their own.",
+                                  examples=["agent service (pid 812)", "process"])
 
 
 class IncidentStep(_Doc):

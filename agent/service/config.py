@@ -117,6 +117,11 @@ class AgentConfig(Spec):
         "healthy, 503 otherwise); off by default.", examples=["127.0.0.1:9110"],
         pattern=r"^[^\s:]*:[0-9]{1,5}$")
     check_workers: int = Field(8, ge=1, le=64, description="Checks running at once at most.")
+    fleet_requests: bool = Field(
+        True, description="Run fleet runs' requests (opsagent fleet-exec over SSH) in the "
+        "agent, handed over on STATE_DIR/fleet.sock (0600, the agent's own user only): a "
+        "host's part of a run then costs no Python start. false: each request runs in a "
+        "process of its own.")
     firewall: FirewallConfig = Field(default_factory=lambda: FirewallConfig(),
                                      description="IP blocking by log watches.")
     memory_limit: Size = Field(

@@ -94,6 +94,7 @@ class Agent:
         self.fleet_blocks: Any = None
         self._protected: tuple[float, Any] | None = None
         self.health_server: Any = None
+        self.fleet_socket: Any = None
         self.next_status = 0.0
         self.next_memory_check = 0.0
         self.sel = selectors.DefaultSelector()
@@ -137,6 +138,7 @@ class Agent:
             self._start_watches()
             self._start_fleet_blocks()
             self._serve_metrics()
+            self._serve_fleet()
             self.sel.register(self._wake_r, selectors.EVENT_READ, "wake")
             self.inotify = Inotify()
             self.sel.register(self.inotify.fd, selectors.EVENT_READ, "inotify")
@@ -169,6 +171,8 @@ class Agent:
 
     def _shutdown(self) -> None:
         self.notifier.stopping()
+        if self.fleet_socket is not None:
+            self.fleet_socket.stop()  # the requests in hand finish first (bounded)
         for w in (self.unit_watcher, self.container_watcher):
             if w is not None:
                 with contextlib.suppress(Exception):
@@ -805,6 +809,18 @@ class Agent:
         self.metrics = AgentMetrics(self)
         self.metrics.serve(host or "127.0.0.1", int(port))
         log.info("metrics on http://%s/metrics", self.cfg.metrics_listen)
+
+    def _serve_fleet(self) -> None:
+        """Fleet runs' requests, handed over by ``opsagent fleet-exec`` (agent.fleet.remote)."""
+        if not self.cfg.fleet_requests:
+            return
+        from agent.fleet import remote
+        from agent.fleet.service_socket import FleetSocket
+
+        sock = FleetSocket(self.cfg.state_dir, lambda raw, pid: remote.serve(raw, self.cfg, pid),
+                           remote.MAX_REQUEST)
+        if sock.start():
+            self.fleet_socket = sock
 
     def _write_status(self) -> None:
         doc = {

@@ -254,3 +254,66 @@ def test_fleet_plan_and_apply_of_a_playbook(fleet, tmp_path):
     assert again.returncode == 0, again.stdout
     for name in ("th1", "th2"):
         fleet.host(name).exec(["rm", "-f", "/etc/motd-opsagent"])
+
+
+def test_the_hosts_agent_services_run_the_steps_when_they_listen(fleet, tmp_path):
+    """As production hosts run it: packaging/opsagent.service on each host; the runbook's
+    parts are handed to it over its fleet socket, through sudo as well; a host whose
+    variables say opsagent_agent_service: false starts a process of its own."""
+    rb = write(tmp_path, """\
+        name: service-mark
+        hosts: all
+        steps:
+          - restart: {service: demo.service}
+          - block_ip: {ip: 203.0.113.78, duration: 10m}
+          - run: {argv: [touch, /root/service-mark]}
+        """)
+    inv = fleet.inventory.read_text().replace(
+        "  th3: {address:", "  th3: {vars: {opsagent_agent_service: false}, address:")
+    assert "opsagent_agent_service" in inv
+    mixed = write(tmp_path, inv, "mixed.yaml")
+    deploy = write(tmp_path, fleet.inventory.read_text().replace("user: root", "user: deploy"),
+                   "deploy.yaml")
+    fleet.start_agent_services()
+    try:
+        pids = {fh.name: fleet.host(fh.name).exec(
+            ["systemctl", "show", "--value", "-p", "MainPID", "opsagent.service"]).output.strip()
+            for fh in fleet.hosts}
+        before = {n: started(fleet, n) for n in fleet.names}
+        p, doc = remediate(fleet, rb, inventory=mixed)
+        assert p.returncode == 0, p.stderr + p.stdout
+        assert host_status(doc) == {"th1": "changed", "th2": "changed", "th3": "changed"}
+        served = {h["name"]: h.get("served_by") for h in doc["hosts"]}
+        assert served == {"th1": f"agent service (pid {pids['th1']})",
+                          "th2": f"agent service (pid {pids['th2']})", "th3": "process"}
+        for name in fleet.names:  # the steps took effect either way
+            assert started(fleet, name) != before[name]
+            assert nft_has(fleet, name, "203.0.113.78")
+            assert fleet.host(name).exec(["test", "-e", "/root/service-mark"]).exit_code == 0
+        log = fleet.agent_log("th1")
+        assert f"remediate for incident {doc['id']} by " in log and "answered in" in log
+        assert doc["id"] not in fleet.agent_log("th3")
+        shown = opsagent("incident", "show", doc["id"], "--state-dir", fleet.dir / "controller")
+        assert f"[ran in the agent service (pid {pids['th1']})]" in shown.stdout
+        # a sudo login reaches the root-only socket through sudo
+        p, doc = remediate(fleet, rb, "--limit", "th2", inventory=deploy)
+        assert p.returncode == 0, p.stderr + p.stdout
+        assert doc["hosts"][0]["served_by"] == f"agent service (pid {pids['th2']})"
+        # plan is handed over too
+        pb = write(tmp_path, """\
+            name: motd2
+            files:
+              - path: /etc/motd-service
+                content: "hello\\n"
+            """, "motd2.yaml")
+        plan = opsagent("plan", pb, "-i", fleet.inventory, "--known-hosts", fleet.known_hosts,
+                        "--limit", "th1", "--json")
+        assert plan.returncode == 3, plan.stderr + plan.stdout
+        assert json.loads(plan.stdout)["hosts"][0]["served_by"].startswith("agent service")
+    finally:
+        fleet.stop_agent_services()
+        for name in fleet.names:
+            fleet.host(name).exec(["nft", "delete", "table", "inet", "opsagent"])
+            fleet.host(name).exec([fleet.opsagent_path, "blocks", "remove", "203.0.113.78"])
+            fleet.host(name).exec(["rm", "-f", "/root/service-mark"])
+            fleet.start_unit(name)

@@ -49,6 +49,17 @@ ExecStart=/bin/sleep infinity
 [Install]
 WantedBy=multi-user.target
 """
+# What a fleet host's agent service enforces when started with start_agent_services(): a
+# file and a disk check, nothing the fleet tests touch (demo.service stays theirs).
+AGENT_PLAYBOOK = """name: fleet-host
+files:
+  - path: /etc/opsagent-fleet-host
+    content: "managed by the agent service\\n"
+checks:
+  - name: root-disk
+    disk: {path: /, max_used_percent: 99}
+    interval: 60s
+"""
 USERS = ("ops", "deploy")  # ops: no sudo; deploy: NOPASSWD sudo
 HOST_KEY = "/etc/ssh/ssh_host_ed25519_key"
 # Only the host's own ed25519 key is offered, so known_hosts holds exactly what is checked.
@@ -278,6 +289,44 @@ class Fleet:
         """Run `command` on the host over SSH (no check of the exit code)."""
         return subprocess.run(self.ssh_argv(name, *command, user=user), capture_output=True,
                               text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+    # -- the agent service ------------------------------------------------------------------
+
+    def start_agent_services(self, playbook: str = AGENT_PLAYBOOK) -> None:
+        """packaging/opsagent.service on every host, as production hosts run it (the agent
+        at /usr/local/bin/opsagent, /etc/opsagent/agent.yaml, one playbook), started and
+        READY; its fleet socket then answers the fleet runs' requests."""
+        with open(os.path.join(REPO, "packaging", "opsagent.service"), encoding="utf-8") as f:
+            unit = f.read()
+
+        def start(fh: FleetHost) -> None:
+            h = fh.host
+            h.write_file("/etc/systemd/system/opsagent.service", unit)
+            self._must(fh, ["ln", "-sf", self.opsagent_path, "/usr/local/bin/opsagent"])
+            h.write_file("/etc/opsagent/agent.yaml", f"state_dir: {self.state_dir}\n"
+                         "playbooks: [/etc/opsagent/playbooks]\n")
+            h.write_file("/etc/opsagent/playbooks/host.yaml", playbook)
+            self._must(fh, ["systemctl", "daemon-reload"])
+            self._must(fh, ["systemctl", "restart", "opsagent.service"])  # returns on READY
+            self._must(fh, ["test", "-S", f"{self.state_dir}/fleet.sock"])
+
+        with ThreadPoolExecutor(max_workers=min(len(self.hosts), 10)) as pool:
+            list(pool.map(start, self.hosts))
+
+    def stop_agent_services(self) -> None:
+        """Stop the agent services and remove their config (runs then start their own
+        process on each host)."""
+        def stop(fh: FleetHost) -> None:
+            fh.host.exec(["systemctl", "stop", "opsagent.service"])
+            fh.host.exec(["rm", "-rf", "/etc/opsagent"])
+
+        with ThreadPoolExecutor(max_workers=min(len(self.hosts), 10)) as pool:
+            list(pool.map(stop, self.hosts))
+
+    def agent_log(self, name: str) -> str:
+        """The agent service's journal on the host."""
+        return self._must(self.host(name), ["journalctl", "-q", "-o", "cat", "--no-pager",
+                                            "-u", "opsagent.service"])
 
     # -- breaking things for tests ---------------------------------------------------------
 
