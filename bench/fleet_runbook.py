@@ -16,7 +16,13 @@ The same five steps on every host (bench/fleet/runbook.yaml, bench/fleet/playboo
   4 touch /tmp/bench-marker  5 demo.service is active again
 Tools (each: WARMUP uncounted runs, then RUNS counted, one tool after the other):
   opsagent            opsagent remediate bench/fleet/runbook.yaml -i inventory.yaml
-                        --forks 10 --yes --known-hosts KH
+                        --forks 10 --yes --known-hosts KH, every host running the agent
+                        service as production hosts do (packaging/opsagent.service, one
+                        small playbook; started untimed before this tool's runs): each
+                        host's `opsagent fleet-exec` hands the request to it over its fleet
+                        socket, verified per run from the incident record (served_by)
+  opsagent-process    the same command with no agent service on the hosts: each host's
+                        `opsagent fleet-exec` runs the steps in its own process
   ansible             ansible-playbook -i inventory.ini -f 10 playbook.yml, stock
                         configuration (no ansible.cfg: pipelining off; Ansible's default
                         ssh_args, ControlPersist=60s, so one connection per host per run)
@@ -72,7 +78,7 @@ PEERS_VENV = os.environ.get("PEERS_VENV", "/tmp/peers-venv")
 BENCH_ROOT = os.environ.get("BENCH_ROOT", "/tmp/bench")
 RESULTS = os.path.join(BENCH_ROOT, "results")
 SCENARIO = "fleet-runbook"
-TOOLS = ("opsagent", "ansible", "ansible-pipelining")
+TOOLS = ("opsagent", "opsagent-process", "ansible", "ansible-pipelining")
 IP = "203.0.113.7"
 MARKER = "/tmp/bench-marker"
 ROW = re.compile(r"^A\s+(user s|sys s|cpu s|wall s|peak MiB)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)",
@@ -244,7 +250,7 @@ def cpu_seconds(files: list[str]) -> float:
 # ---------------------------------------------------------------- tools
 def commands(tool: str, fleet, forks: int) -> tuple[list[str], dict[str, str]]:
     env: dict[str, str] = {}
-    if tool == "opsagent":
+    if tool.startswith("opsagent"):
         return ([fleet.opsagent_path, "remediate", os.path.join(HERE, "fleet", "runbook.yaml"),
                  "-i", str(fleet.inventory), "--forks", str(forks), "--yes",
                  "--known-hosts", str(fleet.known_hosts)], env)
@@ -270,7 +276,7 @@ def opsagent_recap(text: str) -> dict[str, dict[str, str]]:
 
 
 def verify_log(tool: str, text: str, names: list[str]) -> None:
-    if tool == "opsagent":
+    if tool.startswith("opsagent"):
         recap = opsagent_recap(text)
         bad = {n: recap.get(n) for n in names
                if (r := recap.get(n)) is None or r["status"] != "changed"
@@ -320,7 +326,28 @@ def timed_run(argv: list[str], env: dict[str, str], work: str, log: str) -> dict
             "peak": rows["peak MiB"]}
 
 
+def verify_served(tool: str, env: dict[str, str], names: list[str]) -> None:
+    """The run's incident record says what ran each host's steps: the host's agent service
+    (tool opsagent) or a process of their own (opsagent-process)."""
+    p = subprocess.run([os.path.join(REPO, ".venv", "bin", "opsagent"), "incident", "list",
+                        "--json", "-n", "1"], capture_output=True, text=True, env=env,
+                       timeout=60)
+    try:
+        hosts = {h["name"]: h.get("served_by") or "" for h in json.loads(p.stdout)[0]["hosts"]}
+    except (ValueError, LookupError, TypeError) as e:
+        raise VerifyError(f"{tool}: no incident record to read ({e}): {p.stderr}") from None
+    want = "agent service" if tool == "opsagent" else "process"
+    bad = {n: hosts.get(n) for n in names if not str(hosts.get(n)).startswith(want)}
+    if bad:
+        raise VerifyError(f"{tool}: steps not run by {want!r} on {bad}")
+
+
 def run_tool(tool: str, fleet, args, scratch: str, pool, cpu_files: list[str]) -> list[dict]:
+    if tool == "opsagent":
+        fleet.start_agent_services()  # untimed; stopped again before the other tools
+        time.sleep(2.0)  # past the service's start-up reconcile
+    else:
+        fleet.stop_agent_services()
     argv, extra = commands(tool, fleet, args.forks)
     home = os.path.join(scratch, "home")
     os.makedirs(home, exist_ok=True)
@@ -348,6 +375,8 @@ def run_tool(tool: str, fleet, args, scratch: str, pool, cpu_files: list[str]) -
         if r["rc"] != 0:
             raise VerifyError(f"{tool} run {i + 1} exited {r['rc']}; output:\n{text[-3000:]}")
         verify_log(tool, text, fleet.names)
+        if tool.startswith("opsagent"):
+            verify_served(tool, env, fleet.names)
         verify_hosts(before, states(fleet, pool), t0, shape)
         note(f"{tool} run {i + 1}{' (warm-up)' if i < args.warmup else ''}: wall "
              f"{r['wall']:.3f} s, cpu {r['cpu']:.3f} s, remote cpu {r['remote_cpu']:.3f} s, "
@@ -433,13 +462,13 @@ def report(results: dict[str, list[dict]], args) -> None:
                   f"metric={names[key]} value={fmt.format(statistics.median(vals))} unit={unit} "
                   f"min={fmt.format(min(vals))} max={fmt.format(max(vals))} runs={len(vals)} "
                   f"warmup={args.warmup} net=docker-bridge", flush=True)
-    if "opsagent" in results:
-        for peer in (t for t in results if t != "opsagent"):
+    for mine in (t for t in results if t.startswith("opsagent")):
+        for peer in (t for t in results if t.startswith("ansible")):
             for key in ("wall", "cpu", "remote_cpu"):
-                mine = statistics.median(r[key] for r in results["opsagent"])
-                theirs = statistics.median(r[key] for r in results[peer])
-                print(f"RESULT scenario={SCENARIO} tool=opsagent metric={key}_ratio_vs_{peer} "
-                      f"value={mine / theirs:.4f}", flush=True)
+                a = statistics.median(r[key] for r in results[mine])
+                b = statistics.median(r[key] for r in results[peer])
+                print(f"RESULT scenario={SCENARIO} tool={mine} metric={key}_ratio_vs_{peer} "
+                      f"value={a / b:.4f}", flush=True)
 
 
 def parse_args() -> argparse.Namespace:
@@ -450,7 +479,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--forks", type=int, default=10)
     ap.add_argument("--tools", default=",".join(TOOLS))
     ap.add_argument("--only", choices=("opsagent", "ansible"),
-                    help="one side: opsagent, or ansible (stock and pipelining)")
+                    help="one side: opsagent (both ways), or ansible (stock and pipelining)")
     ap.add_argument("--no-phases", dest="phases", action="store_false",
                     help="skip the untimed diagnostics of opsagent's parts (ssh, local run)")
     a = ap.parse_args()
