@@ -18,7 +18,8 @@ Every answer says what ran it (``served_by``): when the host's agent service lis
 the steps, with everything imported already; otherwise, or when the request says
 ``"agent_service": false`` (the host variable ``opsagent_agent_service: false``), this process
 runs them. Steps the service runs are inside its unit's sandbox (packaging/opsagent.service),
-as its playbooks' actions are.
+as its playbooks' actions are. The service leaves to this process (``declined``) what would
+wait on itself: apply, and steps that name its own unit.
 
 The run reports of plan and apply also go into this host's outbox, so its agent delivers them
 to the collector with its own token. A request this side cannot read is answered
@@ -119,12 +120,59 @@ def serve(raw: bytes, cfg: Any, peer: int) -> bytes:
     what = (f"{req['op']}{' --check' if req.get('check') else ''}"
             + (f" for incident {req.get('incident')} by {req.get('who')}"
                if req["op"] == "remediate" else ""))
+    why = declined(req, own_unit())
+    if why:
+        log.info("fleet request from pid %d: %s left to a process of its own: %s", peer, what,
+                 why)
+        return DECLINED + json.dumps(why).encode() + b"}"
     log.info("fleet request from pid %d: %s", peer, what)
     t0 = time.monotonic()
     doc, _ = handle(req, cfg, served_by=f"agent service (pid {os.getpid()})")
     log.info("fleet request from pid %d: %s answered in %.2fs%s", peer, what,
              time.monotonic() - t0, "" if doc["ok"] else f": {doc['error']}")
     return json.dumps(doc, default=str).encode()
+
+
+DECLINED = b'{"declined": '  # the service's answer that it ran nothing: fleet-exec runs it
+
+
+def declined(req: dict[str, Any], unit: str | None) -> str | None:
+    """Why the agent service leaves a request to a process of its own, or None. It would
+    wait on itself: apply (a playbook may upgrade or restart the agent) and a remediate step
+    naming the service's own unit (``restart: {service: opsagent}``, ``run: [systemctl,
+    restart, opsagent]``): restarting the service ends the request it is running."""
+    if req["op"] == "apply":
+        return "apply may restart the agent itself"
+    if req["op"] != "remediate" or not unit:
+        return None
+    names = {unit, unit.removesuffix(".service")}
+
+    def mentions(value: Any) -> bool:
+        if isinstance(value, str):
+            return value in names
+        if isinstance(value, dict):
+            return any(mentions(v) for v in value.values())
+        if isinstance(value, list):
+            return any(mentions(v) for v in value)
+        return False
+
+    if mentions(req.get("steps")):
+        return f"a step names the agent's own unit {unit}"
+    return None
+
+
+def own_unit() -> str | None:
+    """The systemd service this process runs in (from its cgroup), None outside one."""
+    try:
+        with open("/proc/self/cgroup", encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        for part in reversed(line.rsplit(":", 1)[-1].split("/")):
+            if part.endswith(".service"):
+                return part
+    return None
 
 
 def _refusal(e: Exception) -> dict[str, Any]:
@@ -136,6 +184,8 @@ def _ask_service(raw: bytes, req: dict[str, Any]) -> bytes | None:
     from agent.fleet.service_socket import ask, socket_path
 
     answer = ask(socket_path(_state_dir(req)), raw)
+    if answer is None or answer.startswith(DECLINED):
+        return None
     if answer == b"":
         return json.dumps(_refusal(RuntimeError(
             "the agent service ended the connection without answering; the steps may have "

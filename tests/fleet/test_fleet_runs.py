@@ -310,10 +310,28 @@ def test_the_hosts_agent_services_run_the_steps_when_they_listen(fleet, tmp_path
                         "--limit", "th1", "--json")
         assert plan.returncode == 3, plan.stderr + plan.stdout
         assert json.loads(plan.stdout)["hosts"][0]["served_by"].startswith("agent service")
+        # what would wait on the service itself runs in a process: apply, and a step naming
+        # its own unit (restarting the service would end the request it runs)
+        apply = opsagent("apply", pb, "-i", fleet.inventory, "--known-hosts",
+                         fleet.known_hosts, "--limit", "th1", "--json")
+        assert apply.returncode == 0, apply.stderr + apply.stdout
+        assert json.loads(apply.stdout)["hosts"][0]["served_by"] == "process"
+        itself = write(tmp_path, """\
+            name: restart-agent
+            steps:
+              - restart: {service: opsagent.service}
+            """, "itself.yaml")
+        p, doc = remediate(fleet, itself, "--limit", "th1")
+        assert p.returncode == 0, p.stderr + p.stdout
+        assert doc["hosts"][0]["served_by"] == "process"
+        new_pid = fleet.host("th1").exec(
+            ["systemctl", "show", "--value", "-p", "MainPID", "opsagent.service"]).output.strip()
+        assert new_pid not in ("0", pids["th1"])
+        assert "a step names the agent's own unit opsagent.service" in fleet.agent_log("th1")
     finally:
         fleet.stop_agent_services()
         for name in fleet.names:
             fleet.host(name).exec(["nft", "delete", "table", "inet", "opsagent"])
             fleet.host(name).exec([fleet.opsagent_path, "blocks", "remove", "203.0.113.78"])
-            fleet.host(name).exec(["rm", "-f", "/root/service-mark"])
+            fleet.host(name).exec(["rm", "-f", "/root/service-mark", "/etc/motd-service"])
             fleet.start_unit(name)

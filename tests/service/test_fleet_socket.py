@@ -172,3 +172,40 @@ def test_a_socket_path_too_long_is_not_served(root, caplog):
     assert fs.start() is False
     assert "too long for a Unix socket path" in caplog.text
     wait_for(lambda: not os.path.exists(fs.path), 1, "no socket")
+
+
+def test_what_would_wait_on_the_service_itself_is_left_to_a_process():
+    from agent.fleet.remote import declined
+
+    def remediate(*steps):
+        return {"op": "remediate", "steps": list(steps)}
+
+    unit = "opsagent.service"
+    assert declined({"op": "apply"}, unit) == "apply may restart the agent itself"
+    assert declined({"op": "plan"}, unit) is None
+    assert declined(remediate({"restart": {"service": "opsagent"}}), unit) == (
+        "a step names the agent's own unit opsagent.service")
+    assert declined(remediate({"run": {"argv": ["systemctl", "restart", "opsagent.service"]}}),
+                    unit)
+    assert declined(remediate({"restart": {"service": "nginx"}},
+                              {"run": {"argv": ["echo", "opsagent-ish"]}}), unit) is None
+    assert declined(remediate({"restart": {"service": "opsagent"}}), None) is None
+
+
+def test_an_apply_handed_to_the_service_runs_in_a_process(root):
+    import base64
+
+    a = agent(root).start()
+    try:
+        pb = f"name: site\nfiles:\n  - path: {root}/applied.txt\n    content: \"x\\n\"\n"
+        req = {"op": "apply", "host": "h1", "extra_vars": {}, "state_dir": str(root / "state"),
+               "playbooks": [{"path": "site.yaml", "name": "site.yaml",
+                              "files": {"site.yaml": base64.b64encode(pb.encode()).decode()}}]}
+        code, answer = fleet_exec(req)
+        assert code == 0 and answer["ok"] is True and answer["exit"] == 0
+        assert answer["served_by"] == "process"
+        assert (root / "applied.txt").read_text() == "x\n"
+        assert "apply left to a process of its own: apply may restart the agent itself" in (
+            a.log_text())
+    finally:
+        a.stop()
