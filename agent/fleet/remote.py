@@ -139,17 +139,23 @@ DECLINED = b'{"declined": '  # the service's answer that it ran nothing: fleet-e
 def declined(req: dict[str, Any], unit: str | None) -> str | None:
     """Why the agent service leaves a request to a process of its own, or None. It would
     wait on itself: apply (a playbook may upgrade or restart the agent) and a remediate step
-    naming the service's own unit (``restart: {service: opsagent}``, ``run: [systemctl,
-    restart, opsagent]``): restarting the service ends the request it is running."""
+    naming the service's own unit (``restart: {service: opsagent}``, ``run: [sh, -c,
+    "systemctl restart opsagent"]``): restarting the service ends the request it is
+    running."""
     if req["op"] == "apply":
         return "apply may restart the agent itself"
-    if req["op"] != "remediate" or not unit:
-        return None
-    names = {unit, unit.removesuffix(".service")}
+    if req["op"] != "remediate" or req.get("check") or not unit:
+        return None  # plan, check and dry runs change nothing
+    import re
+
+    # as a word anywhere: `sh -c "systemctl restart opsagent"` too; a false match only
+    # costs the request its own process
+    named = re.compile(rf"(?<![\w.@-]){re.escape(unit.removesuffix('.service'))}"
+                       r"(\.service)?(?![\w.@-])")
 
     def mentions(value: Any) -> bool:
         if isinstance(value, str):
-            return value in names
+            return named.search(value) is not None
         if isinstance(value, dict):
             return any(mentions(v) for v in value.values())
         if isinstance(value, list):

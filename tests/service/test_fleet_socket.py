@@ -187,9 +187,16 @@ def test_what_would_wait_on_the_service_itself_is_left_to_a_process():
         "a step names the agent's own unit opsagent.service")
     assert declined(remediate({"run": {"argv": ["systemctl", "restart", "opsagent.service"]}}),
                     unit)
+    assert declined(remediate({"run": {"argv": ["sh", "-c", "systemctl restart opsagent"]}}),
+                    unit)
+    assert declined(remediate({"run": {"argv": ["/usr/local/bin/opsagent", "blocks"]}}), unit)
     assert declined(remediate({"restart": {"service": "nginx"}},
-                              {"run": {"argv": ["echo", "opsagent-ish"]}}), unit) is None
+                              {"run": {"argv": ["echo", "opsagent-ish", "x.opsagent",
+                                                "opsagent2", "opsagent@1.service"]}}),
+                    unit) is None
     assert declined(remediate({"restart": {"service": "opsagent"}}), None) is None
+    assert declined({**remediate({"restart": {"service": "opsagent"}}), "check": True},
+                    unit) is None  # a dry run changes nothing
 
 
 def test_an_apply_handed_to_the_service_runs_in_a_process(root):
