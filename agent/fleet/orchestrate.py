@@ -181,10 +181,10 @@ def where(h: HostState) -> dict[str, Any]:
     """The request fields every part carries from the host's variables: the agent's state
     directory (``opsagent_state_dir``) and whether its agent service may run the part
     (``opsagent_agent_service``, default true; false, no, off or 0 turn it off)."""
-    use = h.vars.get("opsagent_agent_service", True)
-    if isinstance(use, str):
-        use = use.strip().lower() not in ("false", "no", "off", "0", "")
-    return {"state_dir": h.vars.get("opsagent_state_dir"), "agent_service": bool(use)}
+    from agent.inventory.model import as_flag
+
+    use = as_flag(h.vars.get("opsagent_agent_service", True))
+    return {"state_dir": h.vars.get("opsagent_state_dir"), "agent_service": use is not False}
 
 
 # -- transports ------------------------------------------------------------------------------

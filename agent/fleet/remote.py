@@ -43,10 +43,11 @@ MAX_REQUEST = 64 * 2**20
 
 
 DEFAULT_CONFIG = "/etc/opsagent/agent.yaml"  # agent.service.config's, not imported for it
+DEFAULT_STATE_DIR = "/var/lib/opsagent"  # AgentConfig.state_dir's default, likewise
 
 
 def _default_state_dir() -> str:
-    return "/var/lib/opsagent" if os.geteuid() == 0 else os.path.expanduser(
+    return DEFAULT_STATE_DIR if os.geteuid() == 0 else os.path.expanduser(
         "~/.local/state/opsagent")
 
 
@@ -216,7 +217,7 @@ def _state_dir(req: dict[str, Any]) -> str:
         configured = doc.get("state_dir") if isinstance(doc, dict) else None
         if isinstance(configured, str) and configured:
             return os.path.join(os.path.dirname(os.path.abspath(DEFAULT_CONFIG)), configured)
-        return "/var/lib/opsagent"  # AgentConfig's default, as the service has it
+        return DEFAULT_STATE_DIR  # as the service, which reads this config, has it
     return _default_state_dir()
 
 

@@ -309,6 +309,15 @@ class InventoryBuilder:
         return SSHSettings(address=found.pop("address", name), **found)
 
 
+def as_flag(value: Any) -> bool | None:
+    """A variable's true or false as Ansible reads one (yes/no, on/off, 1/0, ...); None when
+    it is neither."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower() if isinstance(value, str | int | float) else ""
+    return (text in _TRUE) if text in _TRUE or text in _FALSE else None
+
+
 def _check_setting(setting: str, value: Any) -> tuple[tuple[str, str] | None, Any]:
     """(problem, expected) for a bad value, else (None, the value as SSHSettings holds it)."""
     if setting == "port":
@@ -318,11 +327,9 @@ def _check_setting(setting: str, value: Any) -> tuple[tuple[str, str] | None, An
             return ("is not a port", "a whole number from 1 to 65535"), None
         return None, value
     if setting == "sudo":
-        if isinstance(value, bool):
-            return None, value
-        text = str(value).strip().lower() if isinstance(value, str | int | float) else ""
-        if text in _TRUE or text in _FALSE:
-            return None, text in _TRUE
+        flag = as_flag(value)
+        if flag is not None:
+            return None, flag
         return ("is not true or false", "true, false, yes or no"), None
     if not isinstance(value, str) or not value.strip():
         return ("is not text", "e.g. 192.0.2.11, ops, ~/.ssh/id_ed25519"), None

@@ -216,3 +216,24 @@ def test_an_apply_handed_to_the_service_runs_in_a_process(root):
             a.log_text())
     finally:
         a.stop()
+
+
+def test_fleet_exec_finds_the_service_where_the_agent_config_puts_it():
+    from agent.fleet import remote
+    from agent.service.config import DEFAULT_CONFIG, AgentConfig
+
+    # kept apart so fleet-exec need not import the config's models: they must agree
+    assert remote.DEFAULT_CONFIG == DEFAULT_CONFIG
+    assert AgentConfig.model_fields["state_dir"].default == remote.DEFAULT_STATE_DIR
+    assert remote._state_dir({"state_dir": "/srv/agent"}) == "/srv/agent"
+
+
+def test_the_host_variable_turns_the_service_off_as_ansible_reads_booleans():
+    from agent.fleet.orchestrate import HostState, where
+
+    def use(value):
+        return where(HostState("h", {"opsagent_agent_service": value}))["agent_service"]
+
+    assert [use(v) for v in (False, "no", "off", "0", "False")] == [False] * 5
+    assert [use(v) for v in (True, "yes", "on", 1)] == [True] * 4
+    assert where(HostState("h", {}))["agent_service"] is True
